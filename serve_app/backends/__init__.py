@@ -1,0 +1,1 @@
+"""Backends the router can send a chat request to; each implements `Backend` from `base`."""

@@ -1,0 +1,160 @@
+"""Typed arguments of both Serve applications, validated once by the builders; no I/O, no env reads.
+
+Secrets (API keys) never appear here: they come from the environment or mounted Secret files, read by the
+process that needs them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Args(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LocalBackendArgs(_Args):
+    app_name: str = Field(default="llm", description="Serve application whose ingress is the LLMServer.")
+    model_id: str = Field(default="local-model", description="Model id the LLMServer serves (LLMConfig model_id).")
+    context_window: int = Field(default=4096, ge=16, description="The engine's max_model_len, in tokens.")
+    saturation_inflight: int = Field(
+        default=32, ge=1, description="Router-side in-flight local requests at which `auto` spills to the cloud."
+    )
+    max_queued_requests: int = Field(
+        default=8, ge=-1, description="Handle-side queue bound (-1: unbounded); beyond it a call fails fast."
+    )
+    first_chunk_timeout_s: float = Field(
+        default=30.0, gt=0, description="Longest wait for the first chunk before the call counts as failed."
+    )
+    chunk_timeout_s: float = Field(default=60.0, gt=0, description="Longest gap between two chunks of a stream.")
+
+
+class CloudBackendArgs(_Args):
+    enabled: bool = Field(default=True, description="Whether the Anthropic backend exists at all.")
+    model: str = Field(default="claude-sonnet-4-6", description="Model `cloud` and `auto` requests use.")
+    extra_models: list[str] = Field(default_factory=list, description="Other Anthropic model ids clients may name.")
+    default_max_tokens: int = Field(
+        default=4096, ge=1, description="`max_tokens` sent when the client gives none (Anthropic requires one)."
+    )
+    timeout_s: float = Field(default=120.0, gt=0, description="Whole-request timeout of the Anthropic client.")
+    connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout.")
+    max_retries: int = Field(default=2, ge=0, le=10, description="SDK retries (honouring retry-after).")
+    base_url: str | None = Field(default=None, description="Overrides ANTHROPIC_BASE_URL when set.")
+
+    @property
+    def model_ids(self) -> list[str]:
+        return [self.model, *(m for m in self.extra_models if m != self.model)]
+
+
+class RoutingRule(_Args):
+    """A configured rule for `auto`: the first matching rule sends the request to `backend`."""
+
+    name: str = Field(description="Recorded as the route reason `rule_<name>`.", pattern=r"^[a-z0-9_]{1,32}$")
+    backend: Literal["local", "cloud"]
+    min_prompt_tokens: int | None = Field(default=None, ge=0, description="Match prompts at least this long.")
+    min_output_tokens: int | None = Field(default=None, ge=0, description="Match output budgets at least this big.")
+    has_tools: bool | None = Field(default=None, description="Match requests with (True) or without tools.")
+    has_images: bool | None = Field(default=None, description="Match requests with (True) or without images.")
+
+
+class RoutingPolicy(_Args):
+    max_local_prompt_tokens: int | None = Field(
+        default=None, ge=1, description="Longest estimated prompt for local; default: context window minus output."
+    )
+    max_local_output_tokens: int | None = Field(
+        default=None, ge=1, description="Largest output budget for local; default: half the context window."
+    )
+    default_local_output_tokens: int = Field(
+        default=256, ge=1, description="Output budget assumed when a local-bound request gives none."
+    )
+    chars_per_token: float = Field(default=3.5, gt=0, description="Cheap prompt-length estimate, characters per token.")
+    images_go_cloud: bool = Field(default=True, description="The local model is text-only: images go to the cloud.")
+    rules: list[RoutingRule] = Field(default_factory=list, description="Evaluated in order before the built-ins.")
+    fallback: bool = Field(default=True, description="Retry on the other backend after a failure before first byte.")
+
+
+class AuthArgs(_Args):
+    api_keys_file: str | None = Field(
+        default=None, description="File with one key per line (a mounted Secret); merged with HYBRID_LLM_API_KEYS."
+    )
+    allow_unauthenticated: bool = Field(
+        default=False, description="Serve /v1 without keys (also HYBRID_LLM_ALLOW_UNAUTHENTICATED=1). Logs a warning."
+    )
+
+
+class ModelPrice(_Args):
+    """List prices in USD per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+    cache_write: float = Field(ge=0, description="5-minute cache write.")
+    cache_read: float = Field(ge=0)
+
+
+class PricingArgs(_Args):
+    source: str = Field(description="Where the prices come from.")
+    as_of: str = Field(description="Date the prices were checked (YYYY-MM-DD).")
+    models: dict[str, ModelPrice] = Field(description="Anthropic model id -> price.")
+    gpu_usd_per_hour: float = Field(default=0.0, ge=0, description="Price of one local replica's GPU per hour.")
+    gpu_window_s: float = Field(default=300.0, gt=0, description="Window over which GPU cost is spread over tokens.")
+
+
+class TelemetryArgs(_Args):
+    service_name: str = Field(default="hybrid-llm-router", description="OTel service.name (OTEL_SERVICE_NAME wins).")
+    environment: str = Field(default="local", description="deployment.environment.name in traces and Langfuse.")
+    tracing: bool = Field(default=True, description="Export spans when an OTLP endpoint is configured.")
+    sampling_ratio: float = Field(default=1.0, ge=0, le=1, description="Parent-based trace-id ratio sampling.")
+    capture_content: bool = Field(default=False, description="Put prompt and completion text on spans (opt-in).")
+    langfuse: bool = Field(default=True, description="Send generations to Langfuse when its keys are set.")
+    export_queue_size: int = Field(default=2048, ge=16, description="Span queue bound; beyond it spans are dropped.")
+    export_timeout_s: float = Field(default=5.0, gt=0, description="Exporter request timeout.")
+
+
+class RouterArgs(_Args):
+    """Arguments of the router application (`serve_app.app:build_app`)."""
+
+    local: LocalBackendArgs = Field(default_factory=LocalBackendArgs)
+    cloud: CloudBackendArgs = Field(default_factory=CloudBackendArgs)
+    routing: RoutingPolicy = Field(default_factory=RoutingPolicy)
+    auth: AuthArgs = Field(default_factory=AuthArgs)
+    pricing: PricingArgs | None = Field(default=None, description="Price table; required when cloud is enabled.")
+    telemetry: TelemetryArgs = Field(default_factory=TelemetryArgs)
+    max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
+    deployment: dict[str, Any] = Field(
+        default_factory=dict, description="Serve options for the router deployment (num_replicas, ...)."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RouterArgs:
+        if self.cloud.enabled and self.pricing is None:
+            raise ValueError("'pricing' is required when the cloud backend is enabled")
+        if self.pricing is not None and self.cloud.enabled:
+            missing = [m for m in self.cloud.model_ids if m not in self.pricing.models]
+            if missing:
+                raise ValueError(f"no price for cloud model(s) {missing}")
+        clash = set(self.cloud.model_ids) & {self.local.model_id, "auto", "local", "cloud"}
+        if clash or self.local.model_id in ("auto", "local", "cloud"):
+            raise ValueError(f"model ids must be distinct from each other and the aliases: {sorted(clash)}")
+        return self
+
+
+class LLMAppArgs(_Args):
+    """Arguments of the local model application (`serve_app.app:build_llm_app`)."""
+
+    model_id: str = Field(default="local-model", description="Served model id; the router's local.model_id.")
+    model_source: str | None = Field(
+        default=None,
+        description="Hugging Face id or path. Unset: LOCAL_MODEL, else the generated smoke model (random output).",
+    )
+    engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments.")
+    accelerator_type: str | None = Field(default=None, description="Ray accelerator type (e.g. L4); None on CPU.")
+    placement_group_config: dict[str, Any] | None = Field(
+        default=None, description="Ray placement group for the engine; CPU needs {bundles: [{CPU: 1}]}."
+    )
+    deployment_config: dict[str, Any] = Field(default_factory=dict, description="Serve options of the LLMServer.")
+    stream_batching_interval_ms: float = Field(
+        default=0.0, ge=0, description="LLMServer chunk batching; 0 sends every chunk at once (lowest TTFT)."
+    )
+    env_vars: dict[str, str] = Field(default_factory=dict, description="Non-secret env of the engine replica.")
