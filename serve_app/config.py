@@ -22,9 +22,6 @@ class LocalBackendArgs(_Args):
     saturation_inflight: int = Field(
         default=32, ge=1, description="Router-side in-flight local requests at which `auto` spills to the cloud."
     )
-    max_queued_requests: int = Field(
-        default=8, ge=-1, description="Handle-side queue bound (-1: unbounded); beyond it a call fails fast."
-    )
     first_chunk_timeout_s: float = Field(
         default=30.0, gt=0, description="Longest wait for the first chunk before the call counts as failed."
     )

@@ -77,9 +77,9 @@ class ChatMessage(OpenAIBaseModel):
             raise ValueError(f"a message with role '{self.role}' needs 'content'")
         if self.role == "assistant" and self.content is None and not self.tool_calls:
             raise ValueError("an assistant message needs 'content' or 'tool_calls'")
-        if self.role in ("system", "developer", "tool") and isinstance(self.content, list):
-            if any(not isinstance(part, TextPart) for part in self.content):
-                raise ValueError(f"a '{self.role}' message may only contain text parts")
+        text_only = self.role in ("system", "developer", "tool")
+        if text_only and isinstance(self.content, list) and any(not isinstance(p, TextPart) for p in self.content):
+            raise ValueError(f"a '{self.role}' message may only contain text parts")
         return self
 
 

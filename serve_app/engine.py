@@ -1,0 +1,46 @@
+"""The local model deployment: Ray Serve LLM's LLMServer with a JSON-in, SSE-strings-out entry point.
+
+The router must never import vLLM (ray.serve.llm needs it at import time), so it cannot build vLLM's
+request class. This subclass takes the OpenAI request as a plain dict, builds the request inside the
+model replica, and yields flat SSE strings. Only the model replica and `build_llm_app` import this module.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from ray.serve.llm.deployment import LLMServer
+from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
+
+
+class RouterLLMServer(LLMServer):
+    """LLMServer reachable through a DeploymentHandle with JSON-ready arguments only."""
+
+    async def chat_json(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
+        """Streams a chat completion for `body` (must have stream=true) as SSE `data:` strings.
+
+        Engine-side rejections (prompt longer than the context window, bad parameters) come back as one
+        `data: {"error": ...}` string so the router can answer with their status instead of a 500.
+        """
+        try:
+            request = ChatCompletionRequest.model_validate(body)
+        except ValueError as exc:
+            yield _error_event(str(exc), "invalid_request_error", 400)
+            return
+        results = await self.chat(request)
+        async for item in results:
+            for entry in item if isinstance(item, list) else [item]:
+                if isinstance(entry, ErrorResponse):
+                    error = entry.error
+                    yield _error_event(error.message, error.type, int(error.code or 500))
+                elif isinstance(entry, str):
+                    yield entry
+                else:  # a whole response although stream=true was asked: re-emit it as one event
+                    yield f"data: {entry.model_dump_json()}\n\n"
+
+
+def _error_event(message: str, error_type: str, status: int) -> str:
+    payload = {"error": {"message": message, "type": error_type, "code": status}}
+    return f"data: {json.dumps(payload)}\n\n"

@@ -1,0 +1,173 @@
+"""The routing policy: which backend answers a request, why, and where it may fall back; pure, no I/O.
+
+`decide` reads only its arguments (a snapshot of backend readiness taken just before), so every branch is
+a unit test, and the reason it returns is one of a closed set that metrics, spans and headers share.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from serve_app.config import LocalBackendArgs, RoutingPolicy, RoutingRule
+from serve_app.errors import ModelNotFound, NoBackendAvailable
+from serve_app.protocol import ChatCompletionRequest, ImagePart
+
+BackendName = Literal["local", "cloud"]
+ALIASES = ("auto", "local", "cloud")
+_MESSAGE_OVERHEAD_TOKENS = 4
+
+
+class RouteReason(StrEnum):
+    POLICY_LOCAL = "policy_local"
+    EXPLICIT_LOCAL = "explicit_local"
+    EXPLICIT_CLOUD = "explicit_cloud"
+    LOCAL_NOT_READY = "local_not_ready"
+    LOCAL_SATURATED = "local_saturated"
+    PROMPT_TOO_LONG = "prompt_too_long"
+    OUTPUT_TOO_LONG = "output_too_long"
+    HAS_IMAGES = "has_images"
+    CLOUD_DISABLED = "cloud_disabled"
+    CLOUD_UNAVAILABLE = "cloud_unavailable"
+    RULE = "rule"  # rendered as rule_<name>
+    FALLBACK_LOCAL_ERROR = "fallback_local_error"  # local failed before the first byte; cloud answered
+    FALLBACK_CLOUD_ERROR = "fallback_cloud_error"  # cloud failed before the first byte; local answered
+
+
+@dataclass(frozen=True, slots=True)
+class RouteInput:
+    requested_model: str
+    local_model_id: str
+    cloud_model_ids: tuple[str, ...]  # empty when the cloud backend is disabled; the first is the default
+    local_ready: bool
+    local_inflight: int
+    cloud_ready: bool
+    prompt_tokens: int  # estimated
+    output_tokens: int | None  # the client's budget, if any
+    has_tools: bool = False
+    has_images: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    backend: BackendName
+    model: str
+    reason: str  # a RouteReason value, or rule_<name>
+    fallback_backend: BackendName | None = None
+    fallback_model: str | None = None
+
+    def after_failure(self) -> RouteDecision:
+        """The decision that replaces this one when its backend failed before the first byte."""
+        assert self.fallback_backend is not None and self.fallback_model is not None
+        reason = RouteReason.FALLBACK_LOCAL_ERROR if self.backend == "local" else RouteReason.FALLBACK_CLOUD_ERROR
+        return RouteDecision(backend=self.fallback_backend, model=self.fallback_model, reason=reason.value)
+
+
+def decide(*, route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs) -> RouteDecision:
+    """Chooses the backend for one request. Raises ModelNotFound or NoBackendAvailable."""
+    requested = route.requested_model
+    cloud_default = route.cloud_model_ids[0] if route.cloud_model_ids else None
+    if requested in ("local", route.local_model_id):
+        return RouteDecision("local", route.local_model_id, RouteReason.EXPLICIT_LOCAL.value)
+    if requested == "cloud" or requested in route.cloud_model_ids:
+        if cloud_default is None:
+            raise ModelNotFound(f"model '{requested}' is not available: the cloud backend is disabled", param="model")
+        model = cloud_default if requested == "cloud" else requested
+        return RouteDecision("cloud", model, RouteReason.EXPLICIT_CLOUD.value)
+    if requested != "auto":
+        known = ", ".join([*ALIASES, route.local_model_id, *route.cloud_model_ids])
+        raise ModelNotFound(f"model '{requested}' does not exist; available: {known}", param="model")
+    if cloud_default is None:
+        return RouteDecision("local", route.local_model_id, RouteReason.CLOUD_DISABLED.value)
+
+    wanted, reason = _auto_preference(route, policy, local)
+    if wanted == "local":
+        if not route.local_ready:
+            wanted, reason = "cloud", RouteReason.LOCAL_NOT_READY.value
+        elif route.local_inflight >= local.saturation_inflight:
+            wanted, reason = "cloud", RouteReason.LOCAL_SATURATED.value
+    if wanted == "cloud" and not route.cloud_ready:
+        if not route.local_ready:
+            raise NoBackendAvailable(
+                "no backend is ready: the local model is not serving and the cloud backend is not configured",
+                retry_after=5,
+            )
+        wanted, reason = "local", RouteReason.CLOUD_UNAVAILABLE.value
+    if wanted == "cloud":
+        # A cloud request falls back to local only where local could take it.
+        can_fall_back = policy.fallback and route.local_ready and reason not in _LOCAL_UNSUITABLE
+        return RouteDecision(
+            "cloud",
+            cloud_default,
+            reason,
+            "local" if can_fall_back else None,
+            route.local_model_id if can_fall_back else None,
+        )
+    fallback_ok = policy.fallback and route.cloud_ready
+    return RouteDecision(
+        "local",
+        route.local_model_id,
+        reason,
+        "cloud" if fallback_ok else None,
+        cloud_default if fallback_ok else None,
+    )
+
+
+_LOCAL_UNSUITABLE = {
+    RouteReason.PROMPT_TOO_LONG.value,
+    RouteReason.OUTPUT_TOO_LONG.value,
+    RouteReason.HAS_IMAGES.value,
+    RouteReason.LOCAL_NOT_READY.value,
+    RouteReason.LOCAL_SATURATED.value,
+}
+
+
+def _auto_preference(route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs) -> tuple[BackendName, str]:
+    for rule in policy.rules:
+        if _matches(rule, route):
+            return rule.backend, f"rule_{rule.name}"
+    if route.has_images and policy.images_go_cloud:
+        return "cloud", RouteReason.HAS_IMAGES.value
+    max_output = policy.max_local_output_tokens or max(1, local.context_window // 2)
+    output = route.output_tokens if route.output_tokens is not None else policy.default_local_output_tokens
+    if route.output_tokens is not None and route.output_tokens > max_output:
+        return "cloud", RouteReason.OUTPUT_TOO_LONG.value
+    max_prompt = policy.max_local_prompt_tokens or max(1, local.context_window - min(output, max_output))
+    if route.prompt_tokens > max_prompt:
+        return "cloud", RouteReason.PROMPT_TOO_LONG.value
+    return "local", RouteReason.POLICY_LOCAL.value
+
+
+def _matches(rule: RoutingRule, route: RouteInput) -> bool:
+    if rule.min_prompt_tokens is not None and route.prompt_tokens < rule.min_prompt_tokens:
+        return False
+    if rule.min_output_tokens is not None and (route.output_tokens or 0) < rule.min_output_tokens:
+        return False
+    if rule.has_tools is not None and route.has_tools != rule.has_tools:
+        return False
+    return rule.has_images is None or route.has_images == rule.has_images
+
+
+def estimate_prompt_tokens(request: ChatCompletionRequest, *, chars_per_token: float) -> int:
+    """A cheap upper-leaning estimate of the prompt's token count (characters / chars_per_token + overhead)."""
+    chars = 0
+    for message in request.messages:
+        if isinstance(message.content, str):
+            chars += len(message.content)
+        elif message.content:
+            chars += sum(len(part.text) for part in message.content if not isinstance(part, ImagePart))
+        for call in message.tool_calls or ():
+            chars += len(call.function.name) + len(call.function.arguments)
+    for tool in request.tools or ():
+        chars += len(tool.function.name) + len(tool.function.description or "") + len(str(tool.function.parameters))
+    return int(chars / chars_per_token) + _MESSAGE_OVERHEAD_TOKENS * len(request.messages)
+
+
+def request_has_images(request: ChatCompletionRequest) -> bool:
+    return any(
+        isinstance(part, ImagePart)
+        for message in request.messages
+        if isinstance(message.content, list)
+        for part in message.content
+    )
