@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# Stand up hybrid-llm on EKS, idempotently: every step can be re-run and only converges.
+#
+#   cluster/deploy.sh                  all steps, in order
+#   cluster/deploy.sh <step>...        some steps: cluster secrets observability operator rayservice
+#   DRY_RUN=1 cluster/deploy.sh        print the commands instead of running them
+#
+# Order: the charts read existing Secrets (Grafana admin, Langfuse), so Secrets come before the charts; the
+# KubeRay operator's ServiceMonitor needs kube-prometheus-stack's CRDs, so it comes after them.
+# Needs: aws, eksctl, kubectl, helm (v3.8+ or v4), openssl. Secrets read ANTHROPIC_API_KEY from the environment.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+CLUSTER_NAME="${CLUSTER_NAME:-hybrid-llm}"
+AWS_REGION="${AWS_REGION:-us-east-1}"
+APP_NS=hybrid-llm
+MON_NS=monitoring
+LANGFUSE_NS=langfuse
+KUBERAY_NS=kuberay-system
+
+# Chart versions (the values files are checked against these charts' defaults in tests/deploy).
+KPS_VERSION=88.5.3
+DCGM_VERSION=4.8.2
+TEMPO_VERSION=2.2.4
+OTEL_VERSION=0.170.0
+LANGFUSE_VERSION=2.0.0
+KUBERAY_VERSION=1.7.0
+CERT_MANAGER_VERSION=v1.20.2
+CLICKHOUSE_OPERATOR_VERSION=0.0.5
+
+dry() { [[ "${DRY_RUN:-0}" == 1 ]]; }
+
+# Run a command, or print it (paths relative to the repository) under DRY_RUN=1.
+run() {
+  if dry; then
+    local line="$*"
+    printf '+ %s\n' "${line//$ROOT\//}"
+  else
+    "$@"
+  fi
+}
+
+# Create a generic Secret from KEY=VALUE lines on stdin, only when it is missing, so generated passwords
+# survive re-runs. Values go through stdin, never the command line (no `ps` or shell-history leaks).
+ensure_secret() {
+  local ns="$1" name="$2"
+  if dry; then
+    printf '+ kubectl create secret generic %s -n %s --from-env-file=/dev/stdin  # keys: %s\n' \
+      "$name" "$ns" "$(cut -d= -f1 | paste -sd, -)"
+    return
+  fi
+  if kubectl get secret "$name" -n "$ns" >/dev/null 2>&1; then
+    cat >/dev/null
+    echo "secret $ns/$name exists"
+    return
+  fi
+  kubectl create secret generic "$name" -n "$ns" --from-env-file=/dev/stdin
+}
+
+random() { if dry; then echo "<random>"; else openssl rand -hex "${1:-24}"; fi; }
+
+step_cluster() {
+  if dry || ! eksctl get cluster --name "$CLUSTER_NAME" --region "$AWS_REGION" >/dev/null 2>&1; then
+    run eksctl create cluster -f "$ROOT/cluster/eksctl-cluster.yaml"
+  fi
+  run aws eks update-kubeconfig --name "$CLUSTER_NAME" --region "$AWS_REGION"
+  run kubectl apply -f "$ROOT/cluster/storageclass-gp3.yaml"
+  run kubectl apply -f "$ROOT/cluster/namespaces.yaml"
+  run helm repo add --force-update autoscaler https://kubernetes.github.io/autoscaler
+  run helm upgrade --install cluster-autoscaler autoscaler/cluster-autoscaler -n kube-system \
+    --set autoDiscovery.clusterName="$CLUSTER_NAME" --set awsRegion="$AWS_REGION" \
+    --set rbac.serviceAccount.create=false --set rbac.serviceAccount.name=cluster-autoscaler --wait
+}
+
+step_secrets() {
+  run kubectl apply -f "$ROOT/cluster/namespaces.yaml"
+  # Grafana's admin login (kube-prometheus-stack reads it through grafana.admin.existingSecret).
+  ensure_secret "$MON_NS" grafana-admin <<<"admin-user=admin
+admin-password=$(random 16)"
+  # Langfuse: app secrets and data-store passwords, generated once. The init keys create the organisation,
+  # project and API keys headlessly; the router and the Collector use the same key pair.
+  local pk="pk-lf-$(random 16)" sk="sk-lf-$(random 16)"
+  if ! dry && kubectl get secret langfuse -n "$LANGFUSE_NS" >/dev/null 2>&1; then
+    pk="$(kubectl get secret langfuse -n "$LANGFUSE_NS" -o jsonpath='{.data.init-public-key}' | base64 -d)"
+    sk="$(kubectl get secret langfuse -n "$LANGFUSE_NS" -o jsonpath='{.data.init-secret-key}' | base64 -d)"
+  fi
+  local pg redis
+  pg="$(random)"
+  redis="$(random)"
+  ensure_secret "$LANGFUSE_NS" langfuse <<<"salt=$(random)
+encryption-key=$(random 32)
+nextauth-secret=$(random)
+postgresql-password=$pg
+postgres-password=$(random)
+POSTGRES_USER=postgres
+POSTGRES_PASSWORD=$(random)
+USERDB_USER=langfuse
+USERDB_PASSWORD=$pg
+POSTGRES_DB=langfuse
+clickhouse-password=$(random)
+redis-password=$redis
+default=$redis
+init-public-key=$pk
+init-secret-key=$sk
+init-user-password=$(random 16)"
+  # The same Langfuse key pair for the router (SDK) and, as Basic auth, for the Collector's optional exporter.
+  ensure_secret "$APP_NS" langfuse-api-keys <<<"public-key=$pk
+secret-key=$sk"
+  ensure_secret "$MON_NS" otel-langfuse-auth <<<"authorization=Basic $(printf '%s:%s' "$pk" "$sk" | base64 | tr -d '\n')"
+  # Bearer keys clients present to the router (mounted at /etc/hybrid-llm/api-keys/keys).
+  ensure_secret "$APP_NS" router-api-keys <<<"keys=${ROUTER_API_KEYS:-hl-$(random 24)}"
+  # The Anthropic key is the one Secret replaced on every run, from the environment.
+  if dry; then
+    echo '+ kubectl apply -f - # Secret hybrid-llm/anthropic-api-key, key api-key = $ANTHROPIC_API_KEY'
+  elif [[ -n "${ANTHROPIC_API_KEY:-}" ]]; then
+    printf 'api-key=%s\n' "$ANTHROPIC_API_KEY" |
+      kubectl create secret generic anthropic-api-key -n "$APP_NS" --from-env-file=/dev/stdin \
+        --dry-run=client -o yaml | kubectl apply -f -
+  elif ! kubectl get secret anthropic-api-key -n "$APP_NS" >/dev/null 2>&1; then
+    echo "ANTHROPIC_API_KEY is not set and secret $APP_NS/anthropic-api-key does not exist" >&2
+    exit 1
+  fi
+}
+
+step_observability() {
+  local v="$ROOT/observability/values"
+  run helm repo add --force-update prometheus-community https://prometheus-community.github.io/helm-charts
+  run helm repo add --force-update gpu-helm-charts https://nvidia.github.io/dcgm-exporter/helm-charts
+  run helm repo add --force-update grafana-community https://grafana-community.github.io/helm-charts
+  run helm repo add --force-update open-telemetry https://open-telemetry.github.io/opentelemetry-helm-charts
+  run helm repo add --force-update langfuse https://langfuse.github.io/langfuse-k8s
+  run helm repo update
+  run helm upgrade --install prometheus prometheus-community/kube-prometheus-stack --version "$KPS_VERSION" \
+    -n "$MON_NS" -f "$v/kube-prometheus-stack.yaml" --wait --timeout 15m
+  run helm upgrade --install dcgm-exporter gpu-helm-charts/dcgm-exporter --version "$DCGM_VERSION" \
+    -n "$MON_NS" -f "$v/dcgm-exporter.yaml"
+  run helm upgrade --install tempo grafana-community/tempo --version "$TEMPO_VERSION" \
+    -n "$MON_NS" -f "$v/tempo.yaml" --wait
+  run helm upgrade --install otel-collector open-telemetry/opentelemetry-collector --version "$OTEL_VERSION" \
+    -n "$MON_NS" -f "$v/opentelemetry-collector.yaml" --wait
+  # Langfuse 2.x renders ClickHouseCluster/KeeperCluster CRs: cert-manager and the ClickHouse operator first.
+  run helm upgrade --install cert-manager oci://quay.io/jetstack/charts/cert-manager \
+    --version "$CERT_MANAGER_VERSION" -n cert-manager --create-namespace --set crds.enabled=true --wait
+  run helm upgrade --install clickhouse-operator oci://ghcr.io/clickhouse/clickhouse-operator-helm \
+    --version "$CLICKHOUSE_OPERATOR_VERSION" -n clickhouse-operator --create-namespace --wait
+  run helm upgrade --install langfuse langfuse/langfuse --version "$LANGFUSE_VERSION" \
+    -n "$LANGFUSE_NS" -f "$v/langfuse.yaml" --wait --timeout 20m
+  # Dashboards (ConfigMaps with the Grafana sidecar label) and the PrometheusRule.
+  run kubectl apply -k "$ROOT/observability"
+}
+
+step_operator() {
+  run helm repo add --force-update kuberay https://ray-project.github.io/kuberay-helm/
+  run helm upgrade --install kuberay-operator kuberay/kuberay-operator --version "$KUBERAY_VERSION" \
+    -n "$KUBERAY_NS" --create-namespace -f "$ROOT/kuberay/operator-values.yaml" --wait
+}
+
+step_rayservice() {
+  run kubectl apply -f "$ROOT/kuberay/podmonitors.yaml"
+  run kubectl apply -f "$ROOT/kuberay/rayservice.yaml"
+  run kubectl wait -n "$APP_NS" rayservice/hybrid-llm --for=condition=Ready --timeout=45m
+}
+
+main() {
+  local steps=("$@")
+  [[ ${#steps[@]} -gt 0 ]] || steps=(cluster secrets observability operator rayservice)
+  for s in "${steps[@]}"; do
+    case "$s" in
+      cluster | secrets | observability | operator | rayservice) echo "== $s"; "step_$s" ;;
+      *) echo "unknown step: $s (cluster secrets observability operator rayservice)" >&2; exit 2 ;;
+    esac
+  done
+}
+
+main "$@"
