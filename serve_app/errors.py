@@ -9,6 +9,7 @@
     ├── NoBackendAvailable           503 service_unavailable
     └── UpstreamError                502 upstream_error            (a backend failed; carries `backend`)
         ├── UpstreamRejected         400 invalid_request_error     (the upstream refused this request)
+        │   └── UpstreamContextExceeded  400 / context_length_exceeded (the other backend may still fit it)
         ├── UpstreamAuthFailed       502 upstream_error            (our credentials; never the client's fault)
         ├── UpstreamRateLimited      429 rate_limit_error          (+ Retry-After)
         ├── UpstreamOverloaded       503 overloaded_error          (+ Retry-After; Anthropic 529)
@@ -99,6 +100,11 @@ class UpstreamRejected(UpstreamError):
     status_code = 400
     error_type = "invalid_request_error"
     retryable_elsewhere = False
+
+
+class UpstreamContextExceeded(UpstreamRejected):
+    default_code = "context_length_exceeded"
+    retryable_elsewhere = True
 
 
 class UpstreamAuthFailed(UpstreamError):

@@ -1,0 +1,120 @@
+"""The local backend: the vLLM engine (RouterLLMServer) reached through a DeploymentHandle.
+
+Readiness is read from the handle's own replica set (microseconds, no controller round trip), which drops
+to zero within milliseconds of a replica dying and comes back the moment a new one is ready. Every call is
+bounded: the first chunk within `first_chunk_timeout_s`, each later one within `chunk_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+from ray.exceptions import RayError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
+from ray.serve.handle import DeploymentHandle
+
+from serve_app.backends.base import BackendState
+from serve_app.config import LocalBackendArgs, RoutingPolicy
+from serve_app.errors import (
+    UpstreamContextExceeded,
+    UpstreamError,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from serve_app.protocol import ChatCompletionRequest
+from serve_app.sse import iter_data
+
+logger = logging.getLogger(__name__)
+
+
+class LocalBackend:
+    name = "local"
+    provider = "vllm"
+
+    def __init__(self, args: LocalBackendArgs, policy: RoutingPolicy, handle: DeploymentHandle | None = None) -> None:
+        self._args = args
+        self._policy = policy
+        self.model_ids = [args.model_id]
+        self._inflight = 0
+        handle = handle or serve.get_app_handle(args.app_name)
+        if not handle.is_initialized:
+            handle._init()  # so the replica set is tracked before the first request
+        self._handle = handle
+        self._stream_handle = handle.options(stream=True, method_name="chat_json")
+
+    def state(self) -> BackendState:
+        replicas = self._replica_count()
+        return BackendState(
+            ready=replicas > 0,
+            inflight=self._inflight,
+            detail=f"{replicas} running replica(s)" if replicas else "no running replica (loading or restarting)",
+        )
+
+    def _replica_count(self) -> int:
+        try:  # private path, pinned to Ray 2.60 (see tests/integration); the public fallback never resets
+            return len(self._handle._router._asyncio_router.request_router.curr_replicas)
+        except Exception:
+            return 1 if self._handle.running_replicas_populated() else 0
+
+    async def stream(
+        self, request: ChatCompletionRequest, *, model: str, request_id: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        body = self._engine_body(request, model)
+        self._inflight += 1
+        response = self._stream_handle.remote(body)
+        finished = False
+        try:
+            timeout = self._args.first_chunk_timeout_s
+            while True:
+                try:
+                    text = await asyncio.wait_for(response.__anext__(), timeout)
+                except StopAsyncIteration:
+                    finished = True
+                    return
+                timeout = self._args.chunk_timeout_s
+                for payload in iter_data(text):
+                    if "error" in payload:
+                        raise _engine_error(payload["error"])
+                    yield payload
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"the local model sent nothing for {timeout:g}s", backend="local") from exc
+        except BackPressureError as exc:
+            raise UpstreamUnavailable(
+                "the local model's queue is full", backend="local", code="local_saturated"
+            ) from exc
+        except (RayError, RayServeException, DeploymentUnavailableError) as exc:
+            logger.warning("local backend call failed: %s", type(exc).__name__)
+            raise UpstreamUnavailable(
+                f"the local model failed: {type(exc).__name__}", backend="local", retry_after=5
+            ) from exc
+        finally:
+            self._inflight -= 1
+            if not finished:
+                response.cancel()
+
+    def _engine_body(self, request: ChatCompletionRequest, model: str) -> dict[str, Any]:
+        body = request.model_dump(exclude_none=True, exclude={"stream_options", "max_completion_tokens", "user"})
+        body["model"] = model
+        body["stream"] = True
+        # Usage on every chunk (cumulative): a cancelled stream still has exact counts.
+        body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
+        body["max_tokens"] = request.output_budget or self._policy.default_local_output_tokens
+        return body
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _engine_error(error: dict[str, Any]) -> UpstreamError:
+    message = str(error.get("message") or "the local model rejected the request")
+    status = int(error.get("code") or 500)
+    if status == 400 and ("context length" in message or "maximum context" in message or "too long" in message):
+        return UpstreamContextExceeded(message, backend="local", param="messages")
+    if 400 <= status < 500:
+        return UpstreamRejected(message, backend="local")
+    return UpstreamUnavailable(f"the local model failed: {message}", backend="local")

@@ -1,0 +1,156 @@
+"""The chat service: decide, call the backend (falling back before the first byte), observe; no HTTP here.
+
+`ChatService.start` returns once the answering backend has produced its first chunk, so the HTTP edge can
+still send a real status for any failure up to that point. What follows the first chunk is the caller's to
+stream; the observation is finished by whoever ends the stream (see `ChatStream.chunks`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from serve_app.backends.base import Backend
+from serve_app.config import RouterArgs
+from serve_app.errors import RouterError, UpstreamError, UpstreamUnavailable
+from serve_app.protocol import ChatCompletionRequest, ModelCard, ModelList
+from serve_app.routing import (
+    ALIASES,
+    RouteDecision,
+    RouteInput,
+    decide,
+    estimate_prompt_tokens,
+    request_has_images,
+)
+from serve_app.telemetry import Observation, Telemetry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ChatStream:
+    """A started answer: the decision that holds, and the chunks (the first already received)."""
+
+    decision: RouteDecision
+    observation: Observation
+    first: dict[str, Any]
+    rest: AsyncIterator[dict[str, Any]]
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """All chunks; finishes the observation however the iteration ends (done, error, cancel)."""
+        outcome, error = "ok", None
+        try:
+            yield self.first
+            async for chunk in self.rest:
+                yield chunk
+        except BaseException as exc:  # cancellation included: it is an ending, recorded then re-raised
+            outcome = "error" if isinstance(exc, Exception) else "cancelled"
+            error = exc
+            raise
+        finally:
+            await _close(self.rest)
+            self.observation.finish(outcome=outcome, error=error)
+
+
+class ChatService:
+    def __init__(self, args: RouterArgs, *, backends: Mapping[str, Backend], telemetry: Telemetry) -> None:
+        self._args = args
+        self._backends = dict(backends)
+        self._telemetry = telemetry
+        self._local = self._backends["local"]
+        self._cloud = self._backends.get("cloud")
+
+    @property
+    def telemetry(self) -> Telemetry:
+        return self._telemetry
+
+    def models(self) -> ModelList:
+        cards = [ModelCard(id=alias, owned_by="hybrid-llm") for alias in ALIASES if alias != "cloud" or self._cloud]
+        cards.append(ModelCard(id=self._args.local.model_id, owned_by="local"))
+        if self._cloud is not None:
+            cards += [ModelCard(id=m, owned_by="anthropic") for m in self._cloud.model_ids]
+        return ModelList(data=cards)
+
+    def readiness(self) -> dict[str, Any]:
+        backends = {}
+        for name, backend in self._backends.items():
+            state = backend.state()
+            self._telemetry.set_backend_state(name, ready=state.ready, inflight=state.inflight)
+            backends[name] = {"ready": state.ready, "inflight": state.inflight, "detail": state.detail}
+        return {"ready": any(b["ready"] for b in backends.values()), "backends": backends}
+
+    def route(self, request: ChatCompletionRequest, *, prompt_tokens: int) -> RouteDecision:
+        """The routing decision for `request` given the backends' state right now."""
+        local_state = self._local.state()
+        cloud_state = self._cloud.state() if self._cloud else None
+        route = RouteInput(
+            requested_model=request.model,
+            local_model_id=self._args.local.model_id,
+            cloud_model_ids=tuple(self._cloud.model_ids) if self._cloud else (),
+            local_ready=local_state.ready,
+            local_inflight=local_state.inflight,
+            cloud_ready=bool(cloud_state and cloud_state.ready),
+            prompt_tokens=prompt_tokens,
+            output_tokens=request.output_budget,
+            has_tools=bool(request.tools),
+            has_images=request_has_images(request),
+        )
+        return decide(route=route, policy=self._args.routing, local=self._args.local)
+
+    async def start(self, request: ChatCompletionRequest, *, request_id: str, headers: Mapping[str, str]) -> ChatStream:
+        """Routes and starts the request; raises a RouterError when no backend produced a first chunk."""
+        prompt_tokens = estimate_prompt_tokens(request, chars_per_token=self._args.routing.chars_per_token)
+        observation = self._telemetry.begin(
+            request_id=request_id,
+            headers=headers,
+            requested_model=request.model,
+            stream=request.stream,
+            max_tokens=request.output_budget,
+            prompt_tokens_estimated=prompt_tokens,
+            user=request.user,
+            messages=None,
+        )
+        try:
+            decision = self.route(request, prompt_tokens=prompt_tokens)
+            while True:
+                backend = self._backends[decision.backend]
+                observation.routed(
+                    backend=decision.backend,
+                    provider=backend.provider,
+                    model=decision.model,
+                    reason=decision.reason,
+                    fallback=decision.reason.startswith("fallback_"),
+                )
+                chunks = observation.observe(backend.stream(request, model=decision.model, request_id=request_id))
+                try:
+                    first = await anext(chunks)
+                except StopAsyncIteration:
+                    await _close(chunks)
+                    raise UpstreamUnavailable("the backend ended without an answer", backend=decision.backend) from None
+                except UpstreamError as exc:
+                    await _close(chunks)
+                    if not (exc.retryable_elsewhere and decision.fallback_backend):
+                        raise
+                    logger.info("falling back from %s: %s", decision.backend, exc.kind)
+                    decision = decision.after_failure()
+                    continue
+                return ChatStream(decision=decision, observation=observation, first=first, rest=chunks)
+        except BaseException as exc:
+            outcome = "error" if isinstance(exc, Exception) else "cancelled"
+            observation.finish(outcome=outcome, error=exc)
+            raise
+
+
+async def _close(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is None:
+        return
+    try:
+        await aclose()
+    except Exception:  # closing must not mask the error that ended the stream
+        logger.debug("closing a backend stream failed", exc_info=True)
+
+
+__all__ = ["ChatService", "ChatStream", "RouterError"]

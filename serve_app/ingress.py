@@ -1,0 +1,243 @@
+"""The router's HTTP edge and its Serve deployment: parse, call the chat service, render JSON or SSE.
+
+Handlers only translate types: bytes to a validated request, a `ChatStream` to a JSON body or an SSE
+stream, a `RouterError` to an OpenAI error body with its status. Up to the first chunk every failure gets
+a real status; after it the stream ends with an in-band error event and `[DONE]`, never a silent cut.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from ray import serve
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.assemble import ChatAssembler, client_chunk, usage_chunk
+from serve_app.auth import ApiKeys
+from serve_app.backends.local import LocalBackend
+from serve_app.chat import ChatService, ChatStream
+from serve_app.config import RouterArgs
+from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, error_body, error_headers
+from serve_app.protocol import ChatCompletionRequest
+from serve_app.sse import DONE, encode_data
+from serve_app.telemetry import Telemetry
+
+logger = logging.getLogger(__name__)
+
+_READINESS_PERIOD_S = 5.0
+
+
+def create_app(
+    service: ChatService,
+    *,
+    keys: ApiKeys,
+    max_request_bytes: int,
+    request_id_of: Callable[[Request], str] | None = None,
+) -> FastAPI:
+    """The router's FastAPI app over `service`; usable without Ray (component tests)."""
+    app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None)
+    request_id_of = request_id_of or _header_request_id
+
+    @app.exception_handler(RouterError)
+    async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
+        return _error_response(exc, request)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        body = {"error": {"message": str(exc.detail), "type": error_type, "param": None, "code": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=_id_header(request))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.exception("unhandled error in the router")
+        return _error_response(RouterError("internal error in the router"), request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        report = service.readiness()
+        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> JSONResponse:
+        keys.check(request.headers.get("authorization"))
+        return JSONResponse(service.models().model_dump())
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        request.state.request_id = request_id_of(request)
+        keys.check(request.headers.get("authorization"))
+        chat_request = parse_chat_request(await read_body(request, max_request_bytes))
+        stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
+        headers = {
+            "X-Router-Backend": stream.decision.backend,
+            "X-Router-Reason": stream.decision.reason,
+            "X-Request-Id": request.state.request_id,
+        }
+        if chat_request.stream:
+            return StreamingResponse(
+                _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
+            )
+        assembler = ChatAssembler()
+        async for chunk in stream.chunks():
+            assembler.add(chunk)
+        body = assembler.completion(usage=_client_usage(stream))
+        if stream.observation.cost_usd is not None:
+            headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
+        return JSONResponse(body, headers=headers)
+
+    return app
+
+
+_NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refusing more than `limit` bytes before reading them where the length is declared."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestTooLarge(f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    parts: list[bytes] = []
+    size = 0
+    async for part in request.stream():
+        size += len(part)
+        if size > limit:
+            raise RequestTooLarge(f"request body exceeds the limit of {limit} bytes")
+        parts.append(part)
+    return b"".join(parts)
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Validates a Chat Completions body; every problem becomes an InvalidRequest naming the field."""
+    if not body.strip():
+        raise InvalidRequest("the request body is empty; send a JSON object")
+    try:
+        data = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest("the request body must be a JSON object")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        message = first["msg"]
+        if len(exc.errors()) > 1:
+            message += f" (and {len(exc.errors()) - 1} more problem(s))"
+        raise InvalidRequest(f"{param}: {message}" if param else message, param=param) from None
+
+
+async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> AsyncIterator[bytes]:
+    chunks = stream.chunks()
+    first: dict[str, Any] = stream.first
+    try:
+        async for chunk in chunks:
+            out = client_chunk(chunk)
+            if out is not None:
+                yield encode_data(out)
+        if chat_request.wants_usage:
+            yield encode_data(
+                usage_chunk(
+                    chunk_id=str(first.get("id", "")),
+                    created=int(first.get("created") or 0),
+                    model=str(first.get("model") or stream.decision.model),
+                    usage=_client_usage(stream),
+                )
+            )
+    except RouterError as exc:
+        yield encode_data(error_body(exc))
+    except Exception:
+        logger.exception("stream failed after the first byte")
+        yield encode_data(error_body(RouterError("internal error in the router")))
+    finally:
+        await chunks.aclose()
+    yield DONE
+
+
+def _client_usage(stream: ChatStream) -> dict[str, Any]:
+    usage = stream.observation.usage.to_openai()
+    cost = stream.observation.cost_usd
+    if cost is not None:
+        usage["cost_usd"] = round(cost, 9)
+    return usage
+
+
+def _error_response(exc: RouterError, request: Request) -> JSONResponse:
+    headers = error_headers(exc) | _id_header(request)
+    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+
+
+def _id_header(request: Request) -> dict[str, str]:
+    request_id = getattr(request.state, "request_id", None)
+    return {"X-Request-Id": request_id} if request_id else {}
+
+
+def _header_request_id(request: Request) -> str:
+    supplied = request.headers.get("x-request-id", "")
+    if supplied and len(supplied) <= 128 and all(c.isalnum() or c in "-_." for c in supplied):
+        return supplied
+    return uuid.uuid4().hex
+
+
+def _serve_request_id(request: Request) -> str:
+    """The id Serve's proxy gave this request (the client's X-Request-Id, or a new one)."""
+    try:
+        request_id = serve.context._get_serve_request_context().request_id
+    except Exception:
+        request_id = ""
+    return request_id or _header_request_id(request)
+
+
+@serve.deployment(name="Router")
+@serve.ingress()
+class RouterDeployment:
+    """One router replica: its backends, its telemetry, and a background task that keeps readiness gauges fresh."""
+
+    async def __init__(self, args: RouterArgs) -> None:
+        self._args = args
+        telemetry = Telemetry.from_args(args)
+        backends: dict[str, Any] = {"local": LocalBackend(args.local, args.routing)}
+        if args.cloud.enabled:
+            from serve_app.backends.anthropic import AnthropicBackend
+
+            backends["cloud"] = AnthropicBackend(args.cloud)
+        self._service = ChatService(args, backends=backends, telemetry=telemetry)
+        self._keys = ApiKeys.load(args.auth)
+        self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        return create_app(
+            self._service,
+            keys=self._keys,
+            max_request_bytes=self._args.max_request_bytes,
+            request_id_of=_serve_request_id,
+        )
+
+    async def _refresh_readiness(self) -> None:
+        while True:
+            try:
+                self._service.readiness()
+            except Exception:
+                logger.debug("readiness refresh failed", exc_info=True)
+            await asyncio.sleep(_READINESS_PERIOD_S)
+
+    def __del__(self) -> None:
+        refresher = getattr(self, "_refresher", None)
+        if refresher is not None:
+            refresher.cancel()
+        service = getattr(self, "_service", None)
+        if service is not None:
+            service.telemetry.shutdown()
