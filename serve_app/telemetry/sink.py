@@ -1,0 +1,283 @@
+"""The router replica's telemetry: one TracerProvider, metrics, Langfuse and the local GPU window per process.
+
+Built once in the deployment's `__init__`; hands out one `Observation` per request. Exporters run in
+background threads behind bounded queues, so a telemetry backend that is down or hanging never reaches the
+request path, and `shutdown()` gives up after a short, fixed wait.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import SpanKind
+
+from serve_app.config import RouterArgs
+from serve_app.telemetry.cost import LocalUsageWindow, RequestCost, request_cost
+from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
+from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
+from serve_app.telemetry.observation import Observation
+from serve_app.telemetry.tracing import (
+    TRACER_NAME,
+    AccountedBatchProcessor,
+    ExportAccounting,
+    bounded_call,
+    build_otlp_exporter,
+    build_tracer_provider,
+    otlp_configured,
+    service_version,
+)
+
+logger = logging.getLogger(__name__)
+
+_ALIASES = ("auto", "local", "cloud")
+
+
+class Telemetry:
+    """One per router replica process. Collaborators are injectable; by default they come from `args` + env."""
+
+    def __init__(
+        self,
+        *,
+        args: RouterArgs,
+        provider: TracerProvider,
+        owns_provider: bool,
+        tracing_active: bool,
+        metrics: RouterMetrics,
+        langfuse: Any,
+        clock: Callable[[], float],
+        otlp_accounting: ExportAccounting | None = None,
+        shutdown_timeout_s: float = 2.0,
+    ) -> None:
+        self.args = args
+        self.provider = provider
+        self.metrics = metrics
+        self.langfuse = langfuse
+        self.clock = clock
+        self.capture_content = args.telemetry.capture_content
+        self.otlp_accounting = otlp_accounting
+        self._owns_provider = owns_provider
+        self._tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
+        self._prices = dict(args.pricing.models) if args.pricing else {}
+        self._gpu_usd_per_hour = args.pricing.gpu_usd_per_hour if args.pricing else None
+        self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
+        window_s = args.pricing.gpu_window_s if args.pricing else 300.0
+        self._window = LocalUsageWindow(window_s=window_s, origin=clock())
+        self._window_lock = threading.Lock()
+        self._shutdown_timeout_s = shutdown_timeout_s
+        self._shut = False
+        atexit.register(self.shutdown)
+
+    @classmethod
+    def from_args(
+        cls,
+        args: RouterArgs,
+        *,
+        tracer_provider: TracerProvider | None = None,
+        meter: MetricsSink | None = None,
+        langfuse: Any = None,
+        environ: Mapping[str, str] | None = None,
+        clock: Callable[[], float] | None = None,
+        shutdown_timeout_s: float = 2.0,
+    ) -> Telemetry:
+        """Builds the process's telemetry. A given `tracer_provider` is used as is (the caller owns its
+        processors and shutdown); otherwise one is built with an OTLP exporter when the OTel endpoint variables
+        are set. Langfuse is built from its key variables unless a client is given (or `langfuse=False`)."""
+        env = os.environ if environ is None else environ
+        models = {args.local.model_id, *args.cloud.model_ids, *_ALIASES}
+        metrics = RouterMetrics(meter if meter is not None else RayMetricsSink(), models=models)
+        owns = tracer_provider is None
+        provider = tracer_provider or build_tracer_provider(args.telemetry, env)
+        accounting = None
+        exporting = not owns
+        if owns and args.telemetry.tracing and otlp_configured(env):
+            try:
+                accounting = ExportAccounting(
+                    capacity=args.telemetry.export_queue_size,
+                    on_drop=lambda n: metrics.dropped_items("otlp", n),
+                )
+                exporter = build_otlp_exporter(args.telemetry, env)
+                provider.add_span_processor(AccountedBatchProcessor(exporter, accounting))
+                exporting = True
+            except Exception:
+                logger.exception("OTLP exporter could not be built; traces are off")
+                metrics.dropped_items("otlp")
+        if langfuse is None and langfuse_configured(args.telemetry, env):
+            langfuse = build_langfuse(
+                args.telemetry, provider, env, on_drop=lambda n: metrics.dropped_items("langfuse", n)
+            )
+        if langfuse is False:
+            langfuse = None
+        exporting = exporting or langfuse is not None
+        return cls(
+            args=args,
+            provider=provider,
+            owns_provider=owns,
+            tracing_active=exporting,
+            metrics=metrics,
+            langfuse=langfuse,
+            clock=clock or time.perf_counter,
+            otlp_accounting=accounting,
+            shutdown_timeout_s=shutdown_timeout_s,
+        )
+
+    # ---- per request ----------------------------------------------------------------------------------------
+
+    def begin(
+        self,
+        *,
+        request_id: str,
+        headers: Mapping[str, str],
+        requested_model: str,
+        stream: bool,
+        max_tokens: int | None,
+        prompt_tokens_estimated: int,
+        user: str | None = None,
+        session_id: str | None = None,
+        messages: list[dict] | None = None,
+    ) -> Observation:
+        """Starts the request's CLIENT span `chat {requested_model}`, continuing the client's `traceparent`
+        (or Ray Serve's trace context when Serve tracing is on). Never raises."""
+        started = self.clock()
+        try:
+            span = self._tracer.start_span(
+                f"chat {requested_model}",
+                context=self._parent_context(headers),
+                kind=SpanKind.CLIENT,
+                attributes=self._begin_attributes(
+                    request_id=request_id,
+                    requested_model=requested_model,
+                    stream=stream,
+                    max_tokens=max_tokens,
+                    prompt_tokens_estimated=prompt_tokens_estimated,
+                    user=user,
+                    session_id=session_id,
+                    messages=messages,
+                ),
+            )
+        except Exception:
+            self.metrics.dropped_items("span")
+            span = trace.INVALID_SPAN
+        return Observation(
+            telemetry=self,
+            span=span,
+            started=started,
+            request_id=request_id,
+            requested_model=requested_model,
+            stream=stream,
+            prompt_tokens_estimated=prompt_tokens_estimated,
+        )
+
+    @staticmethod
+    def _parent_context(headers: Mapping[str, str]) -> Any:
+        """The client's remote span if it sent one (baggage is not trusted), else the current context."""
+        extracted = propagate.extract({k.lower(): v for k, v in headers.items()})
+        remote = trace.get_current_span(extracted)
+        if remote.get_span_context().is_valid:
+            return trace.set_span_in_context(remote)
+        return None  # start_span then uses the current context: Ray Serve's span when its tracing is on
+
+    def _begin_attributes(
+        self,
+        *,
+        request_id: str,
+        requested_model: str,
+        stream: bool,
+        max_tokens: int | None,
+        prompt_tokens_estimated: int,
+        user: str | None,
+        session_id: str | None,
+        messages: list[dict] | None,
+    ) -> dict[str, Any]:
+        attrs: dict[str, Any] = {
+            "gen_ai.operation.name": "chat",
+            "gen_ai.request.model": requested_model,
+            "gen_ai.request.stream": stream,
+            "llm.model.requested": requested_model,
+            "llm.prompt_tokens_estimated": prompt_tokens_estimated,
+            "llm.request_id": request_id,
+            "langfuse.observation.type": "generation",
+            "langfuse.observation.metadata.request_id": _json(request_id),
+        }
+        if max_tokens is not None:
+            attrs["gen_ai.request.max_tokens"] = max_tokens
+            attrs["llm.max_tokens"] = max_tokens
+        if user:
+            attrs["user.id"] = user
+        if session_id:
+            attrs["session.id"] = session_id
+        if self.capture_content and messages is not None:
+            try:
+                attrs["langfuse.observation.input"] = _json(messages)
+            except Exception:
+                self.metrics.dropped_items("span")
+        return attrs
+
+    # ---- cost -----------------------------------------------------------------------------------------------
+
+    def record_local(self, *, now: float, tokens: int, busy_from: float | None) -> None:
+        """Feeds the local GPU window with a finished local request and refreshes the GPU spend gauges."""
+        with self._window_lock:
+            self._window = self._window.add(now=now, tokens=tokens, busy_from=busy_from)
+        self._publish_gpu_spend(now)
+
+    def price(self, *, backend: str, model: str, usage: Any) -> RequestCost:
+        now = self.clock()
+        rate = None
+        if self._gpu_usd_per_hour is not None:
+            rate = self._window.usd_per_token(now=now, gpu_usd_per_hour=self._gpu_usd_per_hour)
+        return request_cost(
+            backend=backend,
+            model=model,
+            usage=usage,
+            prices=self._prices,
+            default_cloud_model=self._default_cloud_model,
+            local_usd_per_token=rate,
+        )
+
+    def _publish_gpu_spend(self, now: float) -> None:
+        if self._gpu_usd_per_hour is None:
+            return
+        spend = self._window.spend(now=now, gpu_usd_per_hour=self._gpu_usd_per_hour)
+        self.metrics.gpu_spend(
+            allocated_usd_per_hour=spend.allocated_usd_per_hour, idle_usd_per_hour=spend.idle_usd_per_hour
+        )
+
+    # ---- state and lifecycle --------------------------------------------------------------------------------
+
+    def set_backend_state(self, backend: str, *, ready: bool, inflight: int) -> None:
+        """Gauges router_backend_ready / router_inflight_requests; also refreshes the GPU spend gauges."""
+        self.metrics.backend_state(backend=backend, ready=ready, inflight=inflight)
+        try:
+            self._publish_gpu_spend(self.clock())
+        except Exception:
+            self.metrics.dropped_items("metrics")
+
+    def shutdown(self) -> None:
+        """Flushes and stops exporters, waiting at most `shutdown_timeout_s`; idempotent, never hangs."""
+        if self._shut:
+            return
+        self._shut = True
+        atexit.unregister(self.shutdown)
+        langfuse, provider, owns = self.langfuse, self.provider, self._owns_provider
+
+        def stop() -> None:
+            if langfuse is not None:
+                langfuse.shutdown()
+            if owns:
+                provider.shutdown()
+
+        if not bounded_call(stop, timeout_s=self._shutdown_timeout_s, name="shutdown"):
+            logger.warning("telemetry shutdown gave up after %.1fs; unsent spans are lost", self._shutdown_timeout_s)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False)

@@ -1,0 +1,204 @@
+"""The replica's TracerProvider and its bounded OTLP export; never the global provider, never blocking a request.
+
+Spans leave through a BatchSpanProcessor whose queue is bounded: when the exporter is down, slow or hanging,
+the queue fills and the oldest spans are dropped. `ExportAccounting` counts those drops and failed exports, so
+the loss is visible as `router_telemetry_dropped_total{sink}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from importlib import metadata
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+from serve_app.config import TelemetryArgs
+
+logger = logging.getLogger(__name__)
+
+TRACER_NAME = "hybrid_llm.router"  # the instrumentation scope of router spans; Langfuse exports only these
+_DEFAULT_BATCH = 512
+
+
+def service_version() -> str:
+    try:
+        return metadata.version("hybrid-llm")
+    except metadata.PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def build_resource(args: TelemetryArgs, environ: Mapping[str, str]) -> Resource:
+    """Resource attributes; `OTEL_SERVICE_NAME` beats the configured name (Resource.create lets ours win)."""
+    return Resource.create(
+        {
+            "service.name": environ.get("OTEL_SERVICE_NAME") or args.service_name,
+            "service.version": service_version(),
+            "deployment.environment.name": args.environment,
+        }
+    )
+
+
+def build_tracer_provider(args: TelemetryArgs, environ: Mapping[str, str]) -> TracerProvider:
+    return TracerProvider(
+        resource=build_resource(args, environ),
+        sampler=ParentBased(TraceIdRatioBased(args.sampling_ratio)),
+        shutdown_on_exit=False,  # Telemetry.shutdown bounds the wait; the SDK's atexit hook would not
+    )
+
+
+def otlp_configured(environ: Mapping[str, str]) -> bool:
+    return bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+
+
+def build_otlp_exporter(args: TelemetryArgs, environ: Mapping[str, str]) -> SpanExporter:
+    """The OTLP exporter `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` names (default http/protobuf, as the spec says).
+
+    The exporter itself reads the endpoint variables, as the library defines them: for HTTP the generic
+    endpoint is a base URL (`/v1/traces` appended), the traces one is used verbatim.
+    """
+    protocol = (
+        (
+            environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
+            or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+            or "http/protobuf"
+        )
+        .strip()
+        .lower()
+    )
+    if protocol == "grpc":
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
+
+        return GrpcExporter(timeout=args.export_timeout_s)
+    if protocol != "http/protobuf":
+        logger.warning("OTLP protocol %r is not supported here; using http/protobuf", protocol)
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
+
+    return HttpExporter(timeout=args.export_timeout_s)
+
+
+class ExportAccounting:
+    """Counts spans a bounded batch processor drops: queue overflow and failed exports.
+
+    The processor's queue is not public, so this keeps its own count of spans waiting (admitted, not yet
+    handed to the exporter). An admission while that count is at capacity is a drop: the SDK's deque
+    discards its oldest span. The count can be off by one batch for the microseconds between the worker
+    popping a batch and calling export; it never blocks.
+    """
+
+    def __init__(self, *, capacity: int, on_drop: Callable[[int], None]) -> None:
+        self.capacity = capacity
+        self._on_drop = on_drop
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self.admitted = 0
+        self.exported = 0
+        self.dropped = 0
+
+    def admit(self) -> None:
+        with self._lock:
+            self.admitted += 1
+            full = self._waiting >= self.capacity
+            if not full:
+                self._waiting += 1
+        if full:
+            self._drop(1)
+
+    def handed(self, count: int) -> None:
+        with self._lock:
+            self._waiting = max(0, self._waiting - count)
+
+    def result(self, count: int, ok: bool) -> None:
+        if ok:
+            with self._lock:
+                self.exported += count
+        else:
+            self._drop(count)
+
+    def _drop(self, count: int) -> None:
+        with self._lock:
+            self.dropped += count
+        try:
+            self._on_drop(count)
+        except Exception:  # called from exporter threads: nothing may escape
+            logger.debug("drop callback failed", exc_info=True)
+
+
+class AccountedExporter(SpanExporter):
+    """Wraps an exporter to tell `ExportAccounting` what left the queue and whether it arrived."""
+
+    def __init__(self, inner: SpanExporter, accounting: ExportAccounting) -> None:
+        self._inner = inner
+        self._accounting = accounting
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        count = len(spans)
+        self._accounting.handed(count)
+        try:
+            result = self._inner.export(spans)
+        except Exception:
+            logger.debug("span export raised", exc_info=True)
+            result = SpanExportResult.FAILURE
+        self._accounting.result(count, result is SpanExportResult.SUCCESS)
+        return result
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+class AccountedBatchProcessor(SpanProcessor):
+    """A bounded BatchSpanProcessor that reports each span it takes to `ExportAccounting`."""
+
+    def __init__(self, exporter: SpanExporter, accounting: ExportAccounting) -> None:
+        self._accounting = accounting
+        self._inner = BatchSpanProcessor(
+            AccountedExporter(exporter, accounting),
+            max_queue_size=accounting.capacity,
+            max_export_batch_size=min(_DEFAULT_BATCH, accounting.capacity),
+        )
+
+    def on_start(self, span: Span, parent_context: Context | None = None) -> None:
+        self._inner.on_start(span, parent_context)
+
+    def on_end(self, span: ReadableSpan) -> None:
+        if span.context is not None and span.context.trace_flags.sampled:
+            self._accounting.admit()
+        self._inner.on_end(span)
+
+    def shutdown(self) -> None:
+        self._inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._inner.force_flush(timeout_millis)
+
+
+def bounded_call(fn: Callable[[], object], *, timeout_s: float, name: str) -> bool:
+    """Runs `fn` in a daemon thread and waits at most `timeout_s`; True if it finished in time.
+
+    SDK flush and shutdown ignore their timeouts while an export hangs; a daemon thread cannot hold up exit.
+    """
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            logger.warning("%s failed", name, exc_info=True)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, name=f"telemetry-{name}", daemon=True).start()
+    return done.wait(timeout_s)
+
+
+def default_environ() -> Mapping[str, str]:
+    return os.environ
