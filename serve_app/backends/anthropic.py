@@ -1,0 +1,200 @@
+"""The cloud backend: Anthropic Messages API through `anthropic.AsyncAnthropic`, and the one error map.
+
+It owns the client, the upstream HTTP stream and the SDK/httpx2 exceptions; translation lives in
+`anthropic_mapping` (pure). It never logs the API key and never lets it into an error message.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import anthropic
+import httpx2
+from anthropic._response import StreamAlreadyConsumed
+from anthropic.lib._extras._common import MissingDependencyError
+from anthropic.lib.credentials._workload import WorkloadIdentityError
+from anthropic.lib.foundry import MutuallyExclusiveAuthError
+from anthropic.lib.tools._toolsets._errors import ToolsetUsageError
+
+from serve_app.backends.anthropic_mapping import (
+    new_stream_state,
+    parse_retry_after,
+    redact,
+    to_anthropic_request,
+    translate_event,
+    upstream_error,
+)
+from serve_app.backends.base import BackendName, BackendState
+from serve_app.config import CloudBackendArgs
+from serve_app.errors import (
+    RouterError,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from serve_app.protocol import ChatCompletionRequest
+
+logger = logging.getLogger(__name__)
+
+BACKEND: BackendName = "cloud"
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+@dataclass(frozen=True, slots=True)
+class _Rule:
+    exc_type: type[BaseException]
+    build: Callable[[Any, str, str | None], RouterError]  # (exc, backend, secret) -> RouterError
+
+
+def _from_status(exc: anthropic.APIStatusError, backend: str, secret: str | None) -> RouterError:
+    return upstream_error(
+        status=exc.status_code,
+        error_type=exc.type,
+        message=redact(exc.api_message or exc.message, secret) + _request_id(exc.request_id),
+        backend=backend,
+        retry_after=parse_retry_after(exc.response.headers, now=time.time()),
+    )
+
+
+def _fixed(cls: type[UpstreamError], message: str) -> Callable[[Any, str, str | None], RouterError]:
+    def build(exc: BaseException, backend: str, secret: str | None) -> RouterError:
+        return cls(f"{message}: {redact(str(exc), secret)}", backend=backend)
+
+    return build
+
+
+def _internal(exc: BaseException, backend: str, secret: str | None) -> RouterError:
+    return RouterError(f"internal error using the Anthropic SDK ({type(exc).__name__}): {redact(str(exc), secret)}")
+
+
+# Most specific first; the first rule whose type the exception is an instance of wins. The last two are the
+# roots: tests/unit/test_anthropic_errors.py fails if any SDK exception class only reaches those.
+RULES: tuple[_Rule, ...] = (
+    _Rule(anthropic.APITimeoutError, _fixed(UpstreamTimeout, "Anthropic request timed out")),
+    _Rule(anthropic.APIConnectionError, _fixed(UpstreamUnavailable, "cannot reach the Anthropic API")),
+    _Rule(anthropic.APIStatusError, _from_status),
+    _Rule(anthropic.APIResponseValidationError, _fixed(UpstreamError, "Anthropic sent an invalid response")),
+    _Rule(anthropic.APIWebhookValidationError, _fixed(UpstreamError, "Anthropic webhook validation failed")),
+    _Rule(anthropic.RetryableError, _fixed(UpstreamUnavailable, "Anthropic request failed (retries exhausted)")),
+    _Rule(anthropic.CredentialsError, _fixed(UpstreamAuthFailed, "no usable Anthropic credentials")),
+    _Rule(WorkloadIdentityError, _fixed(UpstreamAuthFailed, "Anthropic workload identity exchange failed")),
+    _Rule(MutuallyExclusiveAuthError, _fixed(UpstreamAuthFailed, "conflicting Anthropic credentials")),
+    # Misuse of the SDK by this process (a bug here, not an upstream failure): a plain 500.
+    _Rule(StreamAlreadyConsumed, _internal),
+    _Rule(MissingDependencyError, _internal),
+    _Rule(ToolsetUsageError, _internal),
+    # Raised by the HTTP layer while the body streams, after the SDK has handed the response over.
+    _Rule(httpx2.TimeoutException, _fixed(UpstreamTimeout, "Anthropic stream timed out")),
+    _Rule(httpx2.TransportError, _fixed(UpstreamUnavailable, "Anthropic stream broke off")),
+    _Rule(httpx2.StreamError, _fixed(UpstreamUnavailable, "Anthropic stream unusable")),
+    _Rule(anthropic.APIError, _fixed(UpstreamError, "Anthropic API error")),
+    _Rule(anthropic.AnthropicError, _fixed(UpstreamError, "Anthropic client error")),
+)
+ROOTS: tuple[type[BaseException], ...] = (anthropic.APIError, anthropic.AnthropicError)
+
+
+def rule_for(exc_type: type[BaseException]) -> _Rule | None:
+    """The rule that maps `exc_type`, or None when nothing does."""
+    return next((rule for rule in RULES if issubclass(exc_type, rule.exc_type)), None)
+
+
+def to_router_error(exc: BaseException, *, backend: str = BACKEND, secret: str | None = None) -> RouterError | None:
+    """The RouterError for an SDK or HTTP exception, or None if `exc` is not one."""
+    rule = rule_for(type(exc))
+    return None if rule is None else rule.build(exc, backend, secret)
+
+
+@contextmanager
+def map_anthropic_errors(*, backend: str = BACKEND, secret: str | None = None) -> Iterator[None]:
+    """Re-raises SDK and transport exceptions as the most specific `RouterError`, `from` the original."""
+    try:
+        yield
+    except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
+        error = to_router_error(exc, backend=backend, secret=secret)
+        if error is None:  # pragma: no cover - every AnthropicError/HTTPError has a rule
+            raise
+        raise error from exc
+
+
+def _decode(data: str) -> dict[str, Any]:
+    try:
+        event = json.loads(data)
+    except ValueError as exc:
+        raise UpstreamError(f"Anthropic sent a malformed stream event: {data[:200]!r}", backend=BACKEND) from exc
+    if not isinstance(event, dict):
+        raise UpstreamError(f"Anthropic sent a stream event that is not an object: {data[:200]!r}", backend=BACKEND)
+    return event
+
+
+def _request_id(request_id: str | None) -> str:
+    return f" (request-id {request_id})" if request_id else ""
+
+
+# --------------------------------------------------------------------------------------------- backend
+
+
+class AnthropicBackend:
+    """Backend over the Anthropic Messages API; always streams upstream (the router aggregates)."""
+
+    name: BackendName = BACKEND
+    provider = "anthropic"
+
+    def __init__(
+        self, args: CloudBackendArgs, *, api_key: str | None = None, client: anthropic.AsyncAnthropic | None = None
+    ) -> None:
+        self._args = args
+        self.model_ids = args.model_ids
+        self._key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY") or None
+        if client is None and self._key:
+            client = anthropic.AsyncAnthropic(
+                api_key=self._key,  # explicit: the SDK then reads no credential files or other env
+                base_url=args.base_url,  # None: the SDK reads ANTHROPIC_BASE_URL
+                timeout=anthropic.Timeout(args.timeout_s, connect=args.connect_timeout_s),
+                max_retries=args.max_retries,
+                open_telemetry=False,  # the router's span is the one span (and Langfuse generation) per request
+            )
+        self._client = client
+
+    def state(self) -> BackendState:
+        if self._client is None:
+            return BackendState(ready=False, detail="no Anthropic API key configured (ANTHROPIC_API_KEY)")
+        if not (getattr(self._client, "api_key", None) or getattr(self._client, "auth_token", None)):
+            return BackendState(ready=False, detail="the Anthropic client has no API key")
+        return BackendState(ready=True, detail="anthropic")
+
+    async def stream(
+        self, request: ChatCompletionRequest, *, model: str, request_id: str
+    ) -> AsyncIterator[dict[str, Any]]:
+        if self._client is None:
+            raise UpstreamAuthFailed("no Anthropic API key configured", backend=BACKEND)
+        call = to_anthropic_request(request, model=model, default_max_tokens=self._args.default_max_tokens)
+        state = new_stream_state(completion_id=f"chatcmpl-{request_id}", model=model, created=int(time.time()))
+        create = self._client.messages.with_streaming_response.create
+        with map_anthropic_errors(backend=BACKEND, secret=self._key):
+            # `async with` closes the upstream response however this generator ends (aclose, cancel, error)
+            async with create(**call.params, stream=True) as response:
+                logger.debug("anthropic stream %s started, request-id %s", request_id, response.request_id)
+                async for sse in anthropic.AsyncStream.raw_events(response.http_response):
+                    if not sse.data:
+                        continue
+                    state, chunks = translate_event(state, _decode(sse.data), backend=BACKEND)
+                    for chunk in chunks:
+                        yield chunk
+        if not state.finished:
+            raise UpstreamUnavailable(
+                "the Anthropic stream ended before message_stop (connection dropped)", backend=BACKEND
+            )
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.close()
