@@ -1,0 +1,397 @@
+"""Observation: one span per request with GenAI + Langfuse attributes, metrics, cost; idempotent finish."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import SpanKind, StatusCode
+
+from serve_app.config import RouterArgs
+from serve_app.errors import UpstreamOverloaded
+from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+
+EPS = 1e-9
+SONNET = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make(
+    capture_content: bool = False, gpu_usd_per_hour: float = 3.6
+) -> tuple[Telemetry, InMemorySpanExporter, InMemoryMetricsSink, Clock]:
+    args = RouterArgs.model_validate(
+        {
+            "local": {"model_id": "local-model"},
+            "pricing": {
+                "source": "test",
+                "as_of": "2026-11-30",
+                "gpu_usd_per_hour": gpu_usd_per_hour,
+                "gpu_window_s": 300,
+                "models": {"claude-sonnet-4-6": SONNET},
+            },
+            "telemetry": {"capture_content": capture_content},
+        }
+    )
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    sink = InMemoryMetricsSink()
+    clock = Clock()
+    telemetry = Telemetry.from_args(args, tracer_provider=provider, meter=sink, langfuse=False, clock=clock, environ={})
+    return telemetry, exporter, sink, clock
+
+
+def chunk(
+    content: str | None = None,
+    *,
+    model: str = "claude-sonnet-4-6",
+    usage: dict | None = None,
+    finish: str | None = None,
+) -> dict[str, Any]:
+    delta = {} if content is None else {"content": content}
+    body: dict[str, Any] = {
+        "object": "chat.completion.chunk",
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+    }
+    if usage is not None:
+        body["usage"] = usage
+    return body
+
+
+async def stream(chunks: list[dict], clock: Clock, step: float = 0.1) -> AsyncIterator[dict]:
+    for c in chunks:
+        clock.t += step
+        yield c
+
+
+def begin(telemetry: Telemetry, **overrides: Any):
+    kwargs: dict[str, Any] = dict(
+        request_id="req-1", headers={}, requested_model="auto", stream=True, max_tokens=64, prompt_tokens_estimated=90
+    )
+    kwargs.update(overrides)
+    return telemetry.begin(**kwargs)
+
+
+async def test_observation_ok_stream_sets_genai_and_langfuse_attributes() -> None:
+    telemetry, exporter, sink, clock = make()
+    obs = begin(telemetry, headers={"TraceParent": TRACEPARENT}, user="u-1", session_id="s-1")
+    clock.t += 0.002
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    usage = {
+        "prompt_tokens": 1350,
+        "completion_tokens": 40,
+        "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 50},
+    }
+    seen = [
+        c
+        async for c in obs.observe(
+            stream([chunk(""), chunk("Hel"), chunk("lo"), chunk(finish="stop", usage=usage)], clock)
+        )
+    ]
+    assert len(seen) == 4
+    obs.finish(outcome="ok")
+
+    (span,) = exporter.get_finished_spans()
+    a = span.attributes
+    assert span.name == "chat auto" and span.kind is SpanKind.CLIENT
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert f"{span.parent.span_id:016x}" == "b7ad6b7169203331"
+    assert a["gen_ai.operation.name"] == "chat" and a["gen_ai.provider.name"] == "anthropic"
+    assert a["gen_ai.request.model"] == "auto" and a["llm.model.requested"] == "auto"
+    assert a["gen_ai.response.model"] == "claude-sonnet-4-6"
+    assert a["gen_ai.usage.input_tokens"] == 1350  # cached included
+    assert a["gen_ai.usage.output_tokens"] == 40
+    assert a["gen_ai.usage.cache_read.input_tokens"] == 1000
+    assert a["gen_ai.usage.cache_creation.input_tokens"] == 50
+    assert a["gen_ai.response.finish_reasons"] == ("stop",)
+    assert a["gen_ai.request.max_tokens"] == 64 and a["gen_ai.request.stream"] is True
+    assert a["gen_ai.response.time_to_first_chunk"] == pytest.approx(0.202)  # "" is not a token
+    assert a["llm.ttft_ms"] == pytest.approx(202.0)
+    assert a["llm.latency_ms"] == pytest.approx(402.0)
+    assert a["llm.backend"] == "cloud" and a["llm.route.reason"] == "explicit_cloud" and a["llm.fallback"] is False
+    assert a["llm.request_id"] == "req-1" and a["llm.prompt_tokens_estimated"] == 90
+    assert a["user.id"] == "u-1" and a["session.id"] == "s-1"
+    assert a["langfuse.observation.type"] == "generation"
+    assert a["langfuse.observation.model.name"] == "claude-sonnet-4-6"
+    assert json.loads(a["langfuse.observation.usage_details"]) == {
+        "input": 300,
+        "input_cache_read": 1000,
+        "input_cache_creation": 50,
+        "output": 40,
+    }
+    cost = json.loads(a["langfuse.observation.cost_details"])
+    expected = {
+        "input": 300 * 3.0e-6,
+        "input_cache_read": 1000 * 0.3e-6,
+        "input_cache_creation": 50 * 3.75e-6,
+        "output": 40 * 15.0e-6,
+    }
+    for key, value in expected.items():
+        assert cost[key] == pytest.approx(value, abs=EPS)
+    assert cost["total"] == pytest.approx(sum(expected.values()), abs=EPS)
+    assert a["llm.cost_usd"] == pytest.approx(cost["total"], abs=EPS)
+    assert json.loads(a["langfuse.observation.metadata.backend"]) == "cloud"
+    assert json.loads(a["langfuse.observation.metadata.request_id"]) == "req-1"
+    assert "langfuse.observation.input" not in a and "langfuse.observation.output" not in a
+    assert "error.type" not in a and span.status.status_code is StatusCode.UNSET
+
+    labels = dict(
+        backend="cloud", model="claude-sonnet-4-6", route_reason="explicit_cloud", outcome="ok", stream="true"
+    )
+    assert sink.counter("router_requests", **labels) == 1
+    assert sink.counter("router_tokens", token_type="input") == 300
+    assert sink.counter("router_tokens", token_type="cache_read") == 1000
+    assert sink.counter("router_cost_usd", backend="cloud") == pytest.approx(cost["total"], abs=EPS)
+    assert sink.samples("router_overhead_seconds", backend="cloud") == [pytest.approx(0.002)]
+    assert sink.samples("router_time_to_first_token_seconds", backend="cloud") == [pytest.approx(0.202)]
+    assert sink.samples("router_request_duration_seconds", outcome="ok") == [pytest.approx(0.402)]
+
+
+async def test_observation_finish_is_idempotent() -> None:
+    telemetry, exporter, sink, _ = make()
+    obs = begin(telemetry)
+    obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
+    obs.finish(outcome="ok")
+    obs.finish(outcome="error", error=RuntimeError("late"))
+    obs.finish(outcome="cancelled")
+    assert len(exporter.get_finished_spans()) == 1
+    assert sink.counter("router_requests") == 1
+    assert sink.counter("router_requests", outcome="ok") == 1
+
+
+async def test_observation_cancelled_mid_stream_keeps_partial_usage() -> None:
+    telemetry, exporter, sink, _ = make()
+    obs = begin(telemetry)
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    closed = asyncio.Event()
+
+    async def backend() -> AsyncIterator[dict]:
+        try:
+            yield chunk("a", usage={"prompt_tokens": 200, "completion_tokens": 1})
+            yield chunk("b", usage={"prompt_tokens": 200, "completion_tokens": 2})
+            await asyncio.sleep(3600)
+            yield chunk("never")
+        finally:
+            closed.set()
+
+    async def handler() -> None:
+        try:
+            async for _ in obs.observe(backend()):
+                pass
+        except asyncio.CancelledError:
+            obs.finish(outcome="cancelled")
+            raise
+        finally:
+            obs.finish(outcome="ok")  # idempotent: the first finish wins
+
+    task = asyncio.create_task(handler())
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed.is_set()  # closing the observer closed the backend stream
+    (span,) = exporter.get_finished_spans()
+    a = span.attributes
+    assert a["llm.outcome"] == "cancelled" and "error.type" not in a
+    assert a["langfuse.observation.level"] == "WARNING"
+    assert a["gen_ai.usage.input_tokens"] == 200 and a["gen_ai.usage.output_tokens"] == 2
+    cost = json.loads(a["langfuse.observation.cost_details"])
+    assert cost["total"] == pytest.approx((200 * 3.0 + 2 * 15.0) / 1e6, abs=EPS)
+    assert sink.counter("router_requests", outcome="cancelled") == 1
+    assert obs.usage.output == 2
+
+
+async def test_observation_error_records_router_error_kind() -> None:
+    telemetry, exporter, sink, _ = make()
+    obs = begin(telemetry, stream=False)
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+
+    async def failing() -> AsyncIterator[dict]:
+        raise UpstreamOverloaded("busy", backend="cloud")
+        yield {}  # pragma: no cover
+
+    with pytest.raises(UpstreamOverloaded) as caught:
+        async for _ in obs.observe(failing()):
+            pass
+    obs.finish(outcome="error", error=caught.value)
+    (span,) = exporter.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
+    assert span.attributes["error.type"] == "UpstreamOverloaded"
+    assert span.attributes["gen_ai.usage.input_tokens"] == 0
+    assert json.loads(span.attributes["langfuse.observation.cost_details"])["total"] == 0.0
+    assert sink.counter("router_requests", outcome="error", stream="false") == 1
+    assert sink.samples("router_time_to_first_token_seconds") == []
+
+
+async def test_observation_error_with_plain_exception_uses_class_name() -> None:
+    telemetry, exporter, _, _ = make()
+    obs = begin(telemetry)
+    obs.finish(outcome="error", error=TimeoutError())
+    (span,) = exporter.get_finished_spans()
+    assert span.attributes["error.type"] == "TimeoutError"
+    assert "llm.cost_usd" not in span.attributes  # never routed: no backend, no cost
+
+
+async def test_observation_fallback_counts_once_and_cost_follows_the_answering_backend() -> None:
+    telemetry, exporter, sink, clock = make()
+    obs = begin(telemetry)
+    clock.t += 0.001
+    obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
+    clock.t += 0.5
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="fallback_local_error", fallback=True
+    )
+    async for _ in obs.observe(stream([chunk("x", usage={"prompt_tokens": 10, "completion_tokens": 1})], clock)):
+        pass
+    obs.finish(outcome="ok")
+    a = exporter.get_finished_spans()[0].attributes
+    assert a["llm.backend"] == "cloud" and a["llm.fallback"] is True and a["gen_ai.provider.name"] == "anthropic"
+    assert sink.counter("router_fallbacks", backend="cloud", route_reason="fallback_local_error") == 1
+    assert sink.samples("router_overhead_seconds") == [pytest.approx(0.001)]
+    assert a["llm.cost_usd"] == pytest.approx((10 * 3.0 + 15.0) / 1e6, abs=EPS)
+
+
+async def test_observation_local_cost_is_amortised_and_cloud_counterfactual_recorded() -> None:
+    telemetry, exporter, sink, clock = make(gpu_usd_per_hour=3.6)
+    obs = begin(telemetry)
+    obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
+    chunks = [
+        chunk("x", model="local-model"),
+        chunk(model="local-model", finish="stop", usage={"prompt_tokens": 300, "completion_tokens": 100}),
+    ]
+    async for _ in obs.observe(stream(chunks, clock, step=1.0)):
+        pass
+    obs.finish(outcome="ok")
+    a = exporter.get_finished_spans()[0].attributes
+    # busy 2 s of a 3.60 USD/h GPU = 0.002 USD over the 400 tokens served in the window
+    assert a["llm.cost_usd"] == pytest.approx(0.002, abs=EPS)
+    assert json.loads(a["langfuse.observation.cost_details"])["input"] == pytest.approx(0.0015, abs=EPS)
+    assert a["llm.counterfactual_cost_usd"] == pytest.approx((300 * 3.0 + 100 * 15.0) / 1e6, abs=EPS)
+    assert sink.counter("router_counterfactual_cost_usd", backend="local", model="local-model") == pytest.approx(
+        0.0024, abs=EPS
+    )
+    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="allocated") == pytest.approx(3.6)  # busy since origin
+    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="idle") == pytest.approx(0.0)
+
+    # a later cloud request's counterfactual uses the local rate
+    clock.t += 8.0
+    telemetry.set_backend_state("local", ready=True, inflight=0)
+    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="idle") == pytest.approx(3.6 * 0.8)
+    obs2 = begin(telemetry, request_id="req-2")
+    obs2.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    async for _ in obs2.observe(stream([chunk("y", usage={"prompt_tokens": 40, "completion_tokens": 10})], clock)):
+        pass
+    obs2.finish(outcome="ok")
+    a2 = exporter.get_finished_spans()[1].attributes
+    assert a2["llm.counterfactual_cost_usd"] == pytest.approx(50 * 0.002 / 400, abs=EPS)
+
+
+async def test_observation_without_reported_usage_estimates_and_flags_it() -> None:
+    telemetry, exporter, _, clock = make()
+    obs = begin(telemetry, prompt_tokens_estimated=77)
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    assert obs.cost_usd is None
+    async for _ in obs.observe(stream([chunk("a"), chunk("b"), chunk("c")], clock)):
+        pass
+    assert obs.cost_usd is None  # still unknown: no usage reported
+    obs.finish(outcome="cancelled")
+    a = exporter.get_finished_spans()[0].attributes
+    assert a["llm.usage.estimated"] is True
+    assert a["gen_ai.usage.input_tokens"] == 77 and a["gen_ai.usage.output_tokens"] == 3
+    assert obs.cost_usd == pytest.approx((77 * 3.0 + 3 * 15.0) / 1e6, abs=EPS)
+
+
+async def test_observation_cost_usd_is_live_once_usage_is_known() -> None:
+    telemetry, _, _, clock = make()
+    obs = begin(telemetry)
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    async for _ in obs.observe(stream([chunk("a", usage={"prompt_tokens": 1000, "completion_tokens": 0})], clock)):
+        assert obs.cost_usd == pytest.approx(0.003, abs=EPS)
+    obs.finish(outcome="ok")
+
+
+async def test_observation_captures_content_only_when_opted_in() -> None:
+    messages = [{"role": "user", "content": "secret prompt"}]
+    for capture in (False, True):
+        telemetry, exporter, _, clock = make(capture_content=capture)
+        obs = begin(telemetry, messages=messages)
+        obs.routed(
+            backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+        )
+        async for _ in obs.observe(stream([chunk("Hel"), chunk("lo")], clock)):
+            pass
+        obs.finish(outcome="ok")
+        a = exporter.get_finished_spans()[0].attributes
+        text = json.dumps(dict(a))
+        if capture:
+            assert json.loads(a["langfuse.observation.input"]) == messages
+            assert json.loads(a["langfuse.observation.output"])["content"] == "Hello"
+        else:
+            assert "secret prompt" not in text and "Hello" not in text
+
+
+async def test_observation_passes_chunks_through_untouched() -> None:
+    telemetry, _, _, clock = make()
+    obs = begin(telemetry)
+    originals = [chunk("a"), {"weird": True}, chunk(finish="length")]
+    seen = [c async for c in obs.observe(stream(originals, clock))]
+    assert all(s is o for s, o in zip(seen, originals, strict=True))
+    obs.finish(outcome="ok")
+
+
+async def test_observation_closed_label_values() -> None:
+    telemetry, _, sink, _ = make()
+    obs = begin(telemetry, requested_model="some-unknown-model-id-from-a-client")
+    obs.routed(backend="cloud", provider="anthropic", model="claude-made-up", reason="Weird Reason!", fallback=False)
+    obs.finish(outcome="ok")
+    assert sink.counter("router_requests", model="other", route_reason="other") == 1
+
+
+async def test_trace_headers_continue_the_request_span() -> None:
+    telemetry, exporter, _, _ = make()
+    obs = begin(telemetry, headers={"traceparent": TRACEPARENT})
+    headers = obs.trace_headers()
+    obs.finish(outcome="ok")
+    span = exporter.get_finished_spans()[0]
+    assert headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
+
+
+def test_telemetry_without_exporters_uses_a_noop_tracer() -> None:
+    args = RouterArgs.model_validate({"cloud": {"enabled": False}})
+    sink = InMemoryMetricsSink()
+    telemetry = Telemetry.from_args(args, meter=sink, environ={})
+    obs = telemetry.begin(
+        request_id="r", headers={}, requested_model="local", stream=False, max_tokens=None, prompt_tokens_estimated=1
+    )
+    obs.routed(backend="local", provider="vllm", model="local-model", reason="explicit_local", fallback=False)
+    obs.finish(outcome="ok")
+    assert sink.counter("router_requests", backend="local", outcome="ok") == 1
+    assert obs.cost_usd == 0.0  # no tokens, no cost
+    telemetry.shutdown()
