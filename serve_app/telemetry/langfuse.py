@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -36,12 +37,16 @@ def is_router_span(span: ReadableSpan) -> bool:
 
 
 def router_span_filter(accounting: ExportAccounting) -> Callable[[ReadableSpan], bool]:
-    """Langfuse's `should_export_span`: router spans only; each sampled one admitted counts toward the queue."""
+    """Langfuse's `should_export_span`: router spans only; each ended, sampled one counts toward the queue.
+
+    Langfuse also asks at span start (to mark app roots); only the call for an ended span is an enqueue.
+    """
 
     def should_export(span: ReadableSpan) -> bool:
         if not is_router_span(span):
             return False
-        if span.context is not None and span.context.trace_flags.sampled:
+        ended = span.end_time is not None
+        if ended and span.context is not None and span.context.trace_flags.sampled:
             accounting.admit()
         return True
 
@@ -54,8 +59,9 @@ def build_langfuse(
     environ: Mapping[str, str],
     *,
     on_drop: Callable[[int], None],
-) -> Any:
-    """A Langfuse client sharing `provider`, or None when it cannot be built (logged, never raised).
+) -> tuple[Any, ExportAccounting | None]:
+    """A Langfuse client sharing `provider` and its export accounting; (None, None) when it cannot be built
+    (logged, never raised).
 
     Langfuse keeps one client per public key per process: build one Telemetry per process.
     """
@@ -78,9 +84,9 @@ def build_langfuse(
             timeout=args.export_timeout_s,
             compression=Compression.Gzip,
         )
-        capacity = _queue_size(environ)
+        capacity = _queue_size(os.environ)  # what Langfuse's BatchSpanProcessor reads, whatever `environ` says
         accounting = ExportAccounting(capacity=capacity, on_drop=on_drop)
-        return Langfuse(
+        client = Langfuse(
             public_key=public_key,
             secret_key=secret_key,
             base_url=base_url,
@@ -91,9 +97,10 @@ def build_langfuse(
             should_export_span=router_span_filter(accounting),
             span_exporter=AccountedExporter(exporter, accounting),
         )
+        return client, accounting
     except Exception:
         logger.exception("Langfuse client could not be built; generations are off")
-        return None
+        return None, None
 
 
 def _queue_size(environ: Mapping[str, str]) -> int:

@@ -55,6 +55,7 @@ class Telemetry:
         langfuse: Any,
         clock: Callable[[], float],
         otlp_accounting: ExportAccounting | None = None,
+        langfuse_accounting: ExportAccounting | None = None,
         shutdown_timeout_s: float = 2.0,
     ) -> None:
         self.args = args
@@ -64,6 +65,7 @@ class Telemetry:
         self.clock = clock
         self.capture_content = args.telemetry.capture_content
         self.otlp_accounting = otlp_accounting
+        self.langfuse_accounting = langfuse_accounting
         self._owns_provider = owns_provider
         self._tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
         self._prices = dict(args.pricing.models) if args.pricing else {}
@@ -110,8 +112,9 @@ class Telemetry:
             except Exception:
                 logger.exception("OTLP exporter could not be built; traces are off")
                 metrics.dropped_items("otlp")
+        langfuse_accounting = None
         if langfuse is None and langfuse_configured(args.telemetry, env):
-            langfuse = build_langfuse(
+            langfuse, langfuse_accounting = build_langfuse(
                 args.telemetry, provider, env, on_drop=lambda n: metrics.dropped_items("langfuse", n)
             )
         if langfuse is False:
@@ -126,6 +129,7 @@ class Telemetry:
             langfuse=langfuse,
             clock=clock or time.perf_counter,
             otlp_accounting=accounting,
+            langfuse_accounting=langfuse_accounting,
             shutdown_timeout_s=shutdown_timeout_s,
         )
 
@@ -277,6 +281,9 @@ class Telemetry:
 
         if not bounded_call(stop, timeout_s=self._shutdown_timeout_s, name="shutdown"):
             logger.warning("telemetry shutdown gave up after %.1fs; unsent spans are lost", self._shutdown_timeout_s)
+        for accounting in (self.otlp_accounting, self.langfuse_accounting):
+            if accounting is not None:
+                accounting.abandon()  # after a complete shutdown nothing is left, so this counts nothing
 
 
 def _json(value: Any) -> str:

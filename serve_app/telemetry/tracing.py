@@ -60,27 +60,27 @@ def otlp_configured(environ: Mapping[str, str]) -> bool:
 def build_otlp_exporter(args: TelemetryArgs, environ: Mapping[str, str]) -> SpanExporter:
     """The OTLP exporter `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` names (default http/protobuf, as the spec says).
 
-    The exporter itself reads the endpoint variables, as the library defines them: for HTTP the generic
-    endpoint is a base URL (`/v1/traces` appended), the traces one is used verbatim.
+    Endpoints follow the library's rules, read from `environ`: the traces endpoint is used verbatim; for HTTP
+    the generic one is a base URL with `/v1/traces` appended. Headers, TLS and compression variables are left
+    to the exporter.
     """
     protocol = (
-        (
-            environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")
-            or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
-            or "http/protobuf"
-        )
+        (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "")
         .strip()
         .lower()
-    )
+    ) or "http/protobuf"
+    traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    generic = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter(timeout=args.export_timeout_s)
+        return GrpcExporter(endpoint=traces or generic, timeout=args.export_timeout_s)
     if protocol != "http/protobuf":
         logger.warning("OTLP protocol %r is not supported here; using http/protobuf", protocol)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-    return HttpExporter(timeout=args.export_timeout_s)
+    endpoint = traces or (f"{generic.removesuffix('/')}/v1/traces" if generic else None)
+    return HttpExporter(endpoint=endpoint, timeout=args.export_timeout_s)
 
 
 class ExportAccounting:
@@ -96,6 +96,8 @@ class ExportAccounting:
         self.capacity = capacity
         self._on_drop = on_drop
         self._waiting = 0
+        self._in_flight = 0
+        self._abandoned = False
         self._lock = threading.Lock()
         self.admitted = 0
         self.exported = 0
@@ -113,15 +115,31 @@ class ExportAccounting:
     def handed(self, count: int) -> None:
         with self._lock:
             self._waiting = max(0, self._waiting - count)
+            self._in_flight += count
 
     def result(self, count: int, ok: bool) -> None:
-        if ok:
-            with self._lock:
+        with self._lock:
+            if self._abandoned:  # already counted as lost when shutdown gave up
+                return
+            self._in_flight = max(0, self._in_flight - count)
+            if ok:
                 self.exported += count
-        else:
+        if not ok:
             self._drop(count)
 
+    def abandon(self) -> None:
+        """Shutdown gave up: whatever is still queued or in flight is lost; count it once."""
+        with self._lock:
+            if self._abandoned:
+                return
+            self._abandoned = True
+            lost = self._waiting + self._in_flight
+            self._waiting = self._in_flight = 0
+        self._drop(lost)
+
     def _drop(self, count: int) -> None:
+        if count <= 0:
+            return
         with self._lock:
             self.dropped += count
         try:
