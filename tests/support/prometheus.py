@@ -172,8 +172,26 @@ _GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\
 _RANGE = re.compile(r"\[[^\]]*\]")
 _IDENT = re.compile(r"(?<![\w:.])([a-zA-Z_:][a-zA-Z0-9_:]*)(?![\w:]|\s*\()")
 _KEYWORDS = frozenset(
-    {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
-     "inf", "nan", "Inf", "NaN", "le", "start", "end"}
+    {
+        "and",
+        "or",
+        "unless",
+        "by",
+        "without",
+        "on",
+        "ignoring",
+        "group_left",
+        "group_right",
+        "bool",
+        "offset",
+        "inf",
+        "nan",
+        "Inf",
+        "NaN",
+        "le",
+        "start",
+        "end",
+    }
 )
 
 
@@ -254,7 +272,10 @@ class PrometheusServer:
         rule_paths = []
         for i, path in enumerate(rules):
             plain = self._dir / f"rules-{i}.yml"
-            plain.write_text(yaml.safe_dump({"groups": rule_groups(Path(path))}, sort_keys=False))
+            # Groups run at the test's evaluation interval (1s), not their production interval, so recording
+            # rules have values within seconds of start.
+            groups = [{k: v for k, v in g.items() if k != "interval"} for g in rule_groups(Path(path))]
+            plain.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
             rule_paths.append(str(plain))
         config = {
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
