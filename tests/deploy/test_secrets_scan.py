@@ -58,16 +58,16 @@ def value_findings(node: object, path: str = "") -> list[str]:
             where = f"{path}.{key}" if path else str(key)
             # Langfuse's `{value: ..., secretKeyRef: ...}` shape: `value` inherits its parent's key.
             named = path.rsplit(".", 1)[-1] if key == "value" else str(key)
-            if isinstance(value, str | int | float) and not isinstance(value, bool):
-                if SENSITIVE_KEY.search(named) and not NOT_A_CREDENTIAL.search(named):
-                    text = str(value).strip()
-                    if text and not REFERENCE.match(text):
-                        found.append(where)
+            literal = isinstance(value, str | int | float) and not isinstance(value, bool)
+            if literal and SENSITIVE_KEY.search(named) and not NOT_A_CREDENTIAL.search(named):
+                text = str(value).strip()
+                if text and not REFERENCE.match(text):
+                    found.append(where)
             found += value_findings(value, where)
         # env entries: {name: SOMETHING_SECRET, value: literal}
-        if isinstance(node.get("name"), str) and "value" in node and SENSITIVE_KEY.search(node["name"].lower()):
-            if str(node["value"]).strip():
-                found.append(f"{path}(env {node['name']})")
+        name = node.get("name")
+        if isinstance(name, str) and SENSITIVE_KEY.search(name.lower()) and str(node.get("value", "")).strip():
+            found.append(f"{path}(env {name})")
     elif isinstance(node, list):
         for i, item in enumerate(node):
             found += value_findings(item, f"{path}[{i}]")
