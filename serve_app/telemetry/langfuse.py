@@ -24,7 +24,8 @@ logger = logging.getLogger(__name__)
 
 OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
 _DEFAULT_BASE_URL = "https://cloud.langfuse.com"  # the SDK's own default
-_DEFAULT_QUEUE = 2048  # BatchSpanProcessor's default, which Langfuse's processor keeps
+_DEFAULT_QUEUE = 2048  # BatchSpanProcessor's defaults, which Langfuse's processor keeps
+_DEFAULT_BATCH = 512
 
 
 def langfuse_configured(args: TelemetryArgs, environ: Mapping[str, str]) -> bool:
@@ -84,8 +85,10 @@ def build_langfuse(
             timeout=args.export_timeout_s,
             compression=Compression.Gzip,
         )
-        capacity = _queue_size(os.environ)  # what Langfuse's BatchSpanProcessor reads, whatever `environ` says
-        accounting = ExportAccounting(capacity=capacity, on_drop=on_drop)
+        # Langfuse's BatchSpanProcessor reads its bounds from the process environment, whatever `environ` says
+        capacity = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", _DEFAULT_QUEUE)
+        batch = _env_int("LANGFUSE_FLUSH_AT", _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _DEFAULT_BATCH))
+        accounting = ExportAccounting(capacity=capacity, slack=batch, on_drop=on_drop)
         client = Langfuse(
             public_key=public_key,
             secret_key=secret_key,
@@ -103,8 +106,8 @@ def build_langfuse(
         return None, None
 
 
-def _queue_size(environ: Mapping[str, str]) -> int:
+def _env_int(name: str, default: int) -> int:
     try:
-        return max(1, int(environ.get("OTEL_BSP_MAX_QUEUE_SIZE", _DEFAULT_QUEUE)))
+        return max(1, int(os.environ.get(name, default)))
     except ValueError:
-        return _DEFAULT_QUEUE
+        return default

@@ -87,13 +87,15 @@ class ExportAccounting:
     """Counts spans a bounded batch processor drops: queue overflow and failed exports.
 
     The processor's queue is not public, so this keeps its own count of spans waiting (admitted, not yet
-    handed to the exporter). An admission while that count is at capacity is a drop: the SDK's deque
-    discards its oldest span. The count can be off by one batch for the microseconds between the worker
-    popping a batch and calling export; it never blocks.
+    handed to our exporter wrapper). An admission while that count is at `capacity + slack` is a drop: the
+    SDK's deque discards its oldest span. `slack` covers spans the processor has popped but not yet handed
+    to us (Langfuse transforms a batch before our wrapper sees it): at most one batch, so while the queue is
+    saturated up to `slack` real drops are counted late, at `abandon()` on shutdown, never as phantoms.
     """
 
-    def __init__(self, *, capacity: int, on_drop: Callable[[int], None]) -> None:
+    def __init__(self, *, capacity: int, on_drop: Callable[[int], None], slack: int = 0) -> None:
         self.capacity = capacity
+        self._limit = capacity + slack
         self._on_drop = on_drop
         self._waiting = 0
         self._in_flight = 0
@@ -102,12 +104,16 @@ class ExportAccounting:
         self.admitted = 0
         self.exported = 0
         self.dropped = 0
+        self.overflowed = 0  # of `dropped`: queue full at admission
+        self.failed = 0  # of `dropped`: export reported failure or raised
 
     def admit(self) -> None:
         with self._lock:
             self.admitted += 1
-            full = self._waiting >= self.capacity
-            if not full:
+            full = self._waiting >= self._limit
+            if full:
+                self.overflowed += 1
+            else:
                 self._waiting += 1
         if full:
             self._drop(1)
@@ -124,6 +130,8 @@ class ExportAccounting:
             self._in_flight = max(0, self._in_flight - count)
             if ok:
                 self.exported += count
+            else:
+                self.failed += count
         if not ok:
             self._drop(count)
 
