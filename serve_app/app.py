@@ -12,7 +12,7 @@ from typing import Any
 
 from ray.serve import Application
 
-from serve_app.config import LLMAppArgs, RouterArgs
+from serve_app.config import LLMAppArgs, RouterArgs, llm_deployment_name
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,11 @@ def build_llm_app(args: dict[str, Any]) -> Application:
         runtime_env={"env_vars": dict(llm_args.env_vars)} if llm_args.env_vars else None,
         log_engine_metrics=True,
     )
-    return build_llm_deployment(llm_config, deployment_cls=RouterLLMServer)
+    return build_llm_deployment(
+        llm_config,
+        deployment_cls=RouterLLMServer,
+        override_serve_options={"name": llm_deployment_name(llm_args.model_id)},
+    )
 
 
 def resolve_model_source(llm_args: LLMAppArgs) -> str:

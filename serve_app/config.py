@@ -15,6 +15,11 @@ class _Args(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+def llm_deployment_name(model_id: str) -> str:
+    """The LLMServer deployment's name, as Ray Serve LLM derives it; the router addresses it by this name."""
+    return "LLMServer:" + model_id.replace("/", "--").replace(".", "_")
+
+
 class LocalBackendArgs(_Args):
     app_name: str = Field(default="llm", description="Serve application whose ingress is the LLMServer.")
     model_id: str = Field(default="local-model", description="Model id the LLMServer serves (LLMConfig model_id).")
@@ -26,6 +31,10 @@ class LocalBackendArgs(_Args):
         default=30.0, gt=0, description="Longest wait for the first chunk before the call counts as failed."
     )
     chunk_timeout_s: float = Field(default=60.0, gt=0, description="Longest gap between two chunks of a stream.")
+
+    @property
+    def deployment_name(self) -> str:
+        return llm_deployment_name(self.model_id)
 
 
 class CloudBackendArgs(_Args):

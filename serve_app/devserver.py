@@ -19,11 +19,15 @@ _NO_CLOUD = "cloud backend not configured: export ANTHROPIC_API_KEY before `make
 def _get(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=2) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"{}")
-    except (urllib.error.URLError, ConnectionError, TimeoutError, json.JSONDecodeError):
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:  # 503 from /readyz, or the proxy's 404 before routes exist
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
         return 0, {}
+    try:
+        return status, json.loads(body or b"{}")
+    except json.JSONDecodeError:
+        return status, {}
 
 
 def wait(port: int, timeout_s: float) -> dict:
@@ -32,11 +36,11 @@ def wait(port: int, timeout_s: float) -> dict:
     report: dict = {}
     announced = False
     while time.monotonic() < deadline:
-        status, report = _get(f"http://127.0.0.1:{port}/readyz")
+        _, report = _get(f"http://127.0.0.1:{port}/readyz")
         local = report.get("backends", {}).get("local", {})
         if local.get("ready"):
             return report
-        if status and not announced:
+        if report and not announced:
             print("router is up; waiting for the local model to load (first start builds the smoke model) ...")
             announced = True
         time.sleep(1)

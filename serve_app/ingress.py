@@ -41,10 +41,18 @@ def create_app(
     keys: ApiKeys,
     max_request_bytes: int,
     request_id_of: Callable[[Request], str] | None = None,
+    echo_request_id: bool = True,
 ) -> FastAPI:
-    """The router's FastAPI app over `service`; usable without Ray (component tests)."""
+    """The router's FastAPI app over `service`; usable without Ray (component tests).
+
+    `echo_request_id=False` under Serve: its proxy already returns X-Request-Id (the same id).
+    """
     app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None)
     request_id_of = request_id_of or _header_request_id
+
+    def _error_response(exc: RouterError, request: Request) -> JSONResponse:
+        headers = error_headers(exc) | (_id_header(request) if echo_request_id else {})
+        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
@@ -54,7 +62,8 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         body = {"error": {"message": str(exc.detail), "type": error_type, "param": None, "code": None}}
-        return JSONResponse(body, status_code=exc.status_code, headers=_id_header(request))
+        headers = _id_header(request) if echo_request_id else {}
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -81,11 +90,9 @@ def create_app(
         keys.check(request.headers.get("authorization"))
         chat_request = parse_chat_request(await read_body(request, max_request_bytes))
         stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
-        headers = {
-            "X-Router-Backend": stream.decision.backend,
-            "X-Router-Reason": stream.decision.reason,
-            "X-Request-Id": request.state.request_id,
-        }
+        headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+        if echo_request_id:
+            headers["X-Request-Id"] = request.state.request_id
         if chat_request.stream:
             return StreamingResponse(
                 _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
@@ -175,11 +182,6 @@ def _client_usage(stream: ChatStream) -> dict[str, Any]:
     return usage
 
 
-def _error_response(exc: RouterError, request: Request) -> JSONResponse:
-    headers = error_headers(exc) | _id_header(request)
-    return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
-
-
 def _id_header(request: Request) -> dict[str, str]:
     request_id = getattr(request.state, "request_id", None)
     return {"X-Request-Id": request_id} if request_id else {}
@@ -224,6 +226,7 @@ class RouterDeployment:
             keys=self._keys,
             max_request_bytes=self._args.max_request_bytes,
             request_id_of=_serve_request_id,
+            echo_request_id=False,
         )
 
     async def _refresh_readiness(self) -> None:

@@ -41,7 +41,11 @@ class LocalBackend:
         self._policy = policy
         self.model_ids = [args.model_id]
         self._inflight = 0
-        handle = handle or serve.get_app_handle(args.app_name)
+        # By name and unchecked: the model application may not exist yet while the router starts, and the
+        # router must come up (serving cloud traffic) anyway. Pinned to Ray 2.60 like the replica-set read.
+        handle = handle or serve.get_deployment_handle(
+            args.deployment_name, app_name=args.app_name, _check_exists=False
+        )
         if not handle.is_initialized:
             handle._init()  # so the replica set is tracked before the first request
         self._handle = handle
