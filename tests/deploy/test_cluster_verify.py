@@ -16,8 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import REPO, SCHEMAS, load_json
-from test_rayservice import strict
+from deploy_support import REPO, SCHEMAS, load_json, strict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "k8s"
 RAYSERVICE_PATH = "/apis/ray.io/v1/namespaces/hybrid-llm/rayservices/hybrid-llm"

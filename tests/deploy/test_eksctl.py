@@ -6,7 +6,7 @@ import copy
 
 import jsonschema
 import pytest
-from conftest import REPO, SCHEMAS, load_json, load_yaml_docs
+from deploy_support import REPO, SCHEMAS, load_json, load_yaml_docs
 
 
 @pytest.fixture(scope="module")

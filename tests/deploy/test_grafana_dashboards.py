@@ -7,7 +7,7 @@ import json
 import re
 
 import pytest
-from conftest import REPO
+from deploy_support import REPO
 
 from tests.support.prometheus import (
     ExpositionServer,

@@ -10,7 +10,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
-from conftest import REPO, SCHEMAS, load_json
+from deploy_support import REPO, SCHEMAS, load_json
 
 HELM = SCHEMAS / "helm"
 VALUES = REPO / "observability" / "values"

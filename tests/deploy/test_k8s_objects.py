@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import K8S_VERSION, REPO, kubectl_binary, load_yaml_docs
+from deploy_support import K8S_VERSION, REPO, kubectl_binary, load_yaml_docs
 from kubernetes_validate import validate
 from kubernetes_validate.utils import ValidationError
 

@@ -11,28 +11,11 @@ import sys
 import jsonschema
 import pytest
 import yaml
-from conftest import K8S_VERSION, REPO, SCHEMAS, load_json, load_yaml_docs
+from deploy_support import K8S_VERSION, REPO, SCHEMAS, load_json, load_yaml_docs, strict
 from kubernetes_validate import validate
 from kubernetes_validate.utils import ValidationError
 
 from kuberay import render
-
-
-def strict(schema: object) -> object:
-    """The CRD schema with `additionalProperties: false` wherever it lists properties and does not say
-    otherwise: the API server would silently prune an unknown field, this test rejects it."""
-    if isinstance(schema, list):
-        return [strict(s) for s in schema]
-    if not isinstance(schema, dict):
-        return schema
-    out = {k: strict(v) for k, v in schema.items()}
-    if (
-        "properties" in out
-        and "additionalProperties" not in out
-        and not out.get("x-kubernetes-preserve-unknown-fields")
-    ):
-        out["additionalProperties"] = False
-    return out
 
 
 @pytest.fixture(scope="module")

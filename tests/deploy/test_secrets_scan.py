@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from deploy_support import REPO
 
 SCANNED = ("kuberay", "cluster", "observability")
 SUFFIXES = {".yaml", ".yml", ".json", ".sh", ".py", ".env", ""}

@@ -1,0 +1,100 @@
+"""cluster/deploy.sh and teardown.sh: syntax, order, idempotent commands, and docs/deploy.md kept in step."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+
+import pytest
+from deploy_support import REPO
+
+DOC = REPO / "docs" / "deploy.md"
+
+
+def dry_run(script: str, *args: str, **env: str) -> list[str]:
+    done = subprocess.run(
+        ["bash", str(REPO / "cluster" / script), *args],
+        env={**os.environ, "DRY_RUN": "1", **env},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("script", ["deploy.sh", "teardown.sh"])
+def test_scripts_parse_and_are_executable(script):
+    path = REPO / "cluster" / script
+    assert subprocess.run(["bash", "-n", str(path)], check=False).returncode == 0
+    assert os.access(path, os.X_OK)
+    assert "set -euo pipefail" in path.read_text()
+
+
+def test_deploy_runs_the_steps_in_order():
+    steps = [line[3:] for line in dry_run("deploy.sh") if line.startswith("== ")]
+    assert steps == ["cluster", "secrets", "observability", "operator", "rayservice"]
+
+
+def test_deploy_commands_are_idempotent_and_files_exist():
+    for line in dry_run("deploy.sh"):
+        if not line.startswith("+ "):
+            continue
+        command = line[2:]
+        if command.startswith("helm upgrade"):
+            assert "--install" in command and "--version" in command, command
+        assert not command.startswith(("helm install", "kubectl create -f", "kubectl create namespace")), command
+        for path in re.findall(r"(?:-f|-k) ((?:cluster|kuberay|observability)\S*)", command):
+            assert (REPO / path).exists(), path
+
+
+def test_deploy_rejects_an_unknown_step():
+    done = subprocess.run(
+        ["bash", str(REPO / "cluster" / "deploy.sh"), "clsuter"],
+        env={**os.environ, "DRY_RUN": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2 and "unknown step" in done.stderr
+
+
+def test_dry_run_prints_no_secret_values():
+    output = "\n".join(dry_run("deploy.sh", "secrets"))
+    assert "--from-literal" not in output
+    assert not re.search(r"[0-9a-f]{24,}", output)
+
+
+def test_langfuse_overlay_is_opt_in():
+    plain = "\n".join(dry_run("deploy.sh", "observability"))
+    opted = "\n".join(dry_run("deploy.sh", "observability", DEPLOY_LANGFUSE_VIA_COLLECTOR="1"))
+    assert "opentelemetry-collector-langfuse.yaml" not in plain
+    assert "opentelemetry-collector-langfuse.yaml" in opted
+
+
+def test_teardown_removes_pvcs_before_the_cluster():
+    lines = dry_run("teardown.sh")
+    pvc = [i for i, line in enumerate(lines) if "delete pvc --all" in line]
+    cluster = [i for i, line in enumerate(lines) if "eksctl delete cluster" in line]
+    assert len(pvc) == 3 and len(cluster) == 1 and max(pvc) < cluster[0]
+    uninstall = [i for i, line in enumerate(lines) if "helm uninstall" in line]
+    assert max(uninstall) < min(pvc)
+    assert not any("eksctl delete" in line for line in dry_run("teardown.sh", KEEP_CLUSTER="1"))
+
+
+@pytest.mark.parametrize("script", ["deploy.sh", "teardown.sh"])
+def test_docs_list_exactly_what_the_scripts_run(script):
+    doc = DOC.read_text()
+    for line in dry_run(script):
+        if line.startswith("+ "):
+            assert line in doc, f"docs/deploy.md is missing: {line}"
+
+
+def test_docs_commands_exist():
+    doc = DOC.read_text()
+    for step in re.findall(r"cluster/deploy\.sh (\w+)", doc):
+        assert step in {"cluster", "secrets", "observability", "operator", "rayservice"}, step
+    assert "python -m cluster.verify" in doc and "python -m kuberay.render" in doc
+    assert "# Deploy to EKS" in doc
