@@ -210,9 +210,9 @@ class RouterMetrics:
         for token_type in TOKEN_TYPES:
             if count := token_buckets.get(token_type, 0):
                 self._record("router_tokens", count, backend=b, model=m, token_type=token_type)
-        if cost_usd is not None:
+        if cost_usd:  # Ray counters take only positive increments; zero adds nothing anyway
             self._record("router_cost_usd", cost_usd, backend=b, model=m)
-        if counterfactual_usd is not None:
+        if counterfactual_usd:
             self._record("router_counterfactual_cost_usd", counterfactual_usd, backend=b, model=m)
 
     def fallback(self, *, backend: str, route_reason: str) -> None:

@@ -257,9 +257,14 @@ async def test_langfuse_generations_with_an_injected_provider_and_in_memory_expo
         telemetry = Telemetry.from_args(
             router_args(), tracer_provider=provider, meter=InMemoryMetricsSink(), environ=langfuse_env(lf, secret)
         )
-        await one_request(telemetry, "mem-1", usage={"prompt_tokens": 3, "completion_tokens": 1})
+        # a client's baggage must not set Langfuse trace attributes (Langfuse reads `langfuse_*` baggage)
+        spoof = {"traceparent": TRACEPARENT, "baggage": "langfuse_user_id=someone-else,langfuse_session_id=s"}
+        await one_request(telemetry, "mem-1", usage={"prompt_tokens": 3, "completion_tokens": 1}, headers=spoof)
         telemetry.shutdown()
         assert [s.attributes["llm.request_id"] for s in lf.generations()] == ["mem-1"]
+        (generation,) = lf.generations()
+        assert "user.id" not in generation.attributes and "session.id" not in generation.attributes
+        assert generation.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
     (span,) = memory.get_finished_spans()
     assert span.attributes["llm.request_id"] == "mem-1"
 

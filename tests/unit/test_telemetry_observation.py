@@ -395,3 +395,25 @@ def test_telemetry_without_exporters_uses_a_noop_tracer() -> None:
     assert sink.counter("router_requests", backend="local", outcome="ok") == 1
     assert obs.cost_usd == 0.0  # no tokens, no cost
     telemetry.shutdown()
+
+
+def test_without_traceparent_the_current_context_is_the_parent() -> None:
+    """Ray Serve's tracing (when on) leaves its replica span current; the router span joins that trace."""
+    telemetry, exporter, _, _ = make()
+    outer_provider = TracerProvider()
+    with outer_provider.get_tracer("ray.serve").start_as_current_span("replica_handle_request") as serve_span:
+        obs = begin(telemetry, headers={"baggage": "langfuse_user_id=spoofed"})
+    obs.finish(outcome="ok")
+    span = exporter.get_finished_spans()[0]
+    assert span.context.trace_id == serve_span.get_span_context().trace_id
+    assert span.parent.span_id == serve_span.get_span_context().span_id
+    assert "user.id" not in span.attributes
+
+
+def test_client_traceparent_wins_and_client_baggage_is_ignored() -> None:
+    telemetry, exporter, _, _ = make()
+    obs = begin(telemetry, headers={"traceparent": TRACEPARENT, "baggage": "langfuse_user_id=spoofed"})
+    obs.finish(outcome="ok")
+    span = exporter.get_finished_spans()[0]
+    assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert "user.id" not in span.attributes

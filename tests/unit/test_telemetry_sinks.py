@@ -226,3 +226,25 @@ async def test_otlp_exporter_construction_failure_leaves_tracing_off(monkeypatch
     assert telemetry.metrics.dropped["otlp"] == 1
     assert sink.counter("router_requests", outcome="ok") == 1
     telemetry.shutdown()
+
+
+class PositiveCountersSink(InMemoryMetricsSink):
+    """Like Ray's: a counter increment must be > 0."""
+
+    def record(self, name: str, value: float, tags: Mapping[str, str]) -> None:
+        if self._kinds[name] == "counter" and value <= 0:
+            raise ValueError(f"value must be >0, got {value}")
+        super().record(name, value, tags)
+
+
+async def test_zero_cost_requests_never_send_a_zero_counter_increment() -> None:
+    args = RouterArgs.model_validate({"cloud": {"enabled": False}})  # no prices: local costs 0 or unknown
+    sink = PositiveCountersSink()
+    telemetry = Telemetry.from_args(args, meter=sink, environ={})
+    obs = telemetry.begin(
+        request_id="r", headers={}, requested_model="local", stream=False, max_tokens=None, prompt_tokens_estimated=1
+    )
+    obs.routed(backend="local", provider="vllm", model="local-model", reason="explicit_local", fallback=False)
+    obs.finish(outcome="ok")
+    assert telemetry.metrics.dropped["metrics"] == 0
+    assert sink.counter("router_requests", backend="local") == 1
