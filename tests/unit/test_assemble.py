@@ -56,7 +56,12 @@ def test_chat_assembler_joins_text():
         "created": 1700000000,
         "model": "local-model",
         "choices": [
-            {"index": 0, "message": {"role": "assistant", "content": "Hello"}, "finish_reason": "stop", "logprobs": None}
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": "Hello"},
+                "finish_reason": "stop",
+                "logprobs": None,
+            }
         ],
         "usage": USAGE,
     }

@@ -201,4 +201,7 @@ def test_error_body_has_the_four_openai_fields():
 
 def test_model_list_shape():
     dumped = ModelList.model_validate({"data": [{"id": "auto", "owned_by": "hybrid-llm"}]}).model_dump()
-    assert dumped == {"object": "list", "data": [{"id": "auto", "object": "model", "created": 0, "owned_by": "hybrid-llm"}]}
+    assert dumped == {
+        "object": "list",
+        "data": [{"id": "auto", "object": "model", "created": 0, "owned_by": "hybrid-llm"}],
+    }
