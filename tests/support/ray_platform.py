@@ -1,0 +1,159 @@
+"""A real local Ray cluster running the real Serve config, for integration tests and benchmarks.
+
+Starts `ray start --head` on loopback with free ports and the given environment (which every Ray worker
+inherits: API keys, the Anthropic base URL, OTLP and Langfuse endpoints), deploys a copy of
+serve_config.local.yaml with `serve deploy` exactly as a user does, and waits for the local model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.support.prometheus import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+LOCAL_CONFIG = REPO / "serve_config.local.yaml"
+BIN = Path(sys.executable).parent
+
+RAY_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_AUTH_MODE": "disabled",
+    "VLLM_HOST_IP": "127.0.0.1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+
+
+def http_json(url: str, *, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        status, body = exc.code, exc.read()
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return 0, None
+    try:
+        return status, json.loads(body)
+    except json.JSONDecodeError:
+        return status, body.decode(errors="replace")
+
+
+@dataclass
+class RayPlatform:
+    """One Ray cluster + the two Serve applications; `start()` returns once the local model answers."""
+
+    workdir: Path
+    env: dict[str, str] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)  # router args merged over the local profile
+    llm_overrides: dict[str, Any] = field(default_factory=dict)
+    gcs_port: int = field(default_factory=free_port)
+    dashboard_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    # Ray's socket paths must stay short (AF_UNIX limit), so its temp dir is not under the pytest tmp tree.
+    ray_tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hl-ray-")))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "serve_config.test.yaml"
+
+    def process_env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "LANGFUSE_", "OTEL_"))}
+        env.update(RAY_ENV)
+        env["HYBRID_LLM_CACHE_DIR"] = str(REPO / ".cache")
+        env.update(self.env)
+        return env
+
+    def write_config(self) -> Path:
+        config = yaml.safe_load(LOCAL_CONFIG.read_text())
+        config["http_options"]["port"] = self.http_port
+        for app in config["applications"]:
+            if app["name"] == "router":
+                _merge(app["args"], self.overrides)
+            if app["name"] == "llm":
+                _merge(app["args"], self.llm_overrides)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        return self.config_path
+
+    def run(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(args),
+            env=self.process_env(),
+            cwd=self.workdir,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=check,
+        )
+
+    def start(self, *, ready_timeout: float = 420) -> RayPlatform:
+        self.write_config()
+        self.run(
+            str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
+            "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
+            f"--metrics-export-port={self.metrics_port}", "--num-cpus=8", "--disable-usage-stats",
+            f"--temp-dir={self.ray_tmp}",
+        )  # fmt: skip
+        self.deploy()
+        self.wait_local_ready(ready_timeout)
+        return self
+
+    def deploy(self) -> None:
+        self.run(str(BIN / "serve"), "deploy", str(self.config_path), "-a", self.dashboard_url)
+
+    def readiness(self) -> dict[str, Any]:
+        _, body = http_json(f"{self.base_url}/readyz", timeout=2)
+        return body if isinstance(body, dict) else {}
+
+    def wait_local_ready(self, timeout: float, *, ready: bool = True) -> float:
+        """Seconds until /readyz reports the local backend's readiness as `ready`."""
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.readiness().get("backends", {}).get("local", {}).get("ready") is ready:
+                return time.monotonic() - start
+            time.sleep(0.25)
+        status = self.run(str(BIN / "serve"), "status", "-a", self.dashboard_url, check=False)
+        raise TimeoutError(f"local backend not ready={ready} after {timeout}s:\n{status.stdout}\n{status.stderr}")
+
+    def stop(self) -> None:
+        self.run(str(BIN / "serve"), "shutdown", "-y", "-a", self.dashboard_url, check=False, timeout=60)
+        self.run(str(BIN / "ray"), "stop", "--grace-period", "20", check=False, timeout=90)
+        shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+
+def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _merge(target[key], value)
+        else:
+            target[key] = value
