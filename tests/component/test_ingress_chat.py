@@ -1,0 +1,284 @@
+"""ingress: chat completions (JSON and SSE), models, health and auth, over FakeBackends and with the openai SDK."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.component.fakes import API_KEY, chat_body, cloud_backend, local_backend, reply, router_args, sse_events
+
+pytestmark = pytest.mark.timeout(30)
+
+FINAL_USAGE = {"prompt_tokens": 21, "completion_tokens": 3, "total_tokens": 24}
+TOKEN_KEYS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+def tokens(usage: dict) -> dict:
+    """The token counts of a usage object (the router adds `cost_usd` next to them)."""
+    return {key: usage[key] for key in TOKEN_KEYS}
+
+
+def tool_call_reply(model: str) -> list[dict]:
+    def chunk(delta: dict, finish: str | None = None, **extra: object) -> dict:
+        choice = {"index": 0, "delta": delta, "finish_reason": finish}
+        return {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": model,
+            "choices": [choice],
+        } | extra
+
+    def call(**fields: object) -> dict:
+        return {"tool_calls": [{"index": 0, **fields}]}
+
+    return [
+        chunk({"role": "assistant"}),
+        chunk(call(id="call_1", type="function", function={"name": "lookup", "arguments": ""})),
+        chunk(call(function={"arguments": '{"city": '})),
+        chunk(call(function={"arguments": '"Paris"}'})),
+        chunk({}, "tool_calls", usage=FINAL_USAGE),
+    ]
+
+
+# ---- non-streamed -------------------------------------------------------------------------------------------
+
+
+async def test_ingress_non_stream_answers_from_local(router, client, local, cloud):
+    local.script(*reply("local-model", "Hi", " there", usage=FINAL_USAGE))
+    response = await client.post("/v1/chat/completions", json=chat_body("say hi"))
+    assert response.status_code == 200
+    assert response.headers["x-router-backend"] == "local"
+    assert response.headers["x-router-reason"] == "policy_local"
+    body = response.json()
+    assert body["object"] == "chat.completion" and body["model"] == "local-model"
+    assert body["choices"][0]["message"] == {"role": "assistant", "content": "Hi there"}
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert tokens(body["usage"]) == FINAL_USAGE
+    assert [c.model for c in local.calls] == ["local-model"] and cloud.calls == []
+    assert local.calls[0].request.messages[0].content == "say hi"
+
+
+@pytest.mark.parametrize(("model", "answered_by"), [("cloud", "claude-sonnet-4-6"), ("claude-haiku-4-5",) * 2])
+async def test_ingress_non_stream_explicit_cloud_model(router, client, local, cloud, model, answered_by):
+    response = await client.post("/v1/chat/completions", json=chat_body(model=model))
+    assert response.status_code == 200
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("cloud", "explicit_cloud")
+    assert response.json()["model"] == answered_by
+    assert [c.model for c in cloud.calls] == [answered_by] and local.calls == []
+
+
+async def test_ingress_non_stream_usage_is_the_backends_final_usage(router, client, local):
+    chunks = reply("local-model", "a", "b", "c", usage=FINAL_USAGE)
+    chunks[1]["usage"] = {"prompt_tokens": 21, "completion_tokens": 1, "total_tokens": 22}  # cumulative, earlier
+    local.script(*chunks)
+    body = (await client.post("/v1/chat/completions", json=chat_body())).json()
+    assert tokens(body["usage"]) == FINAL_USAGE
+
+
+async def test_ingress_non_stream_assembles_tool_calls(router, client, local):
+    local.script(*tool_call_reply("local-model"))
+    body = (await client.post("/v1/chat/completions", json=chat_body())).json()
+    choice = body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"] == [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": '{"city": "Paris"}'}}
+    ]
+
+
+async def test_ingress_routes_long_prompts_to_the_cloud(make_router):
+    client = make_router(args=router_args(local={"model_id": "local-model", "context_window": 256})).client()
+    response = await client.post("/v1/chat/completions", json=chat_body("word " * 400))
+    assert response.status_code == 200
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("cloud", "prompt_too_long")
+
+
+async def test_ingress_routes_big_output_budgets_to_the_cloud(router, client):
+    response = await client.post("/v1/chat/completions", json=chat_body(max_tokens=3000))
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("cloud", "output_too_long")
+
+
+async def test_ingress_local_not_ready_goes_cloud(router, client, local):
+    local.ready = False
+    response = await client.post("/v1/chat/completions", json=chat_body())
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("cloud", "local_not_ready")
+
+
+# ---- streamed -----------------------------------------------------------------------------------------------
+
+
+async def test_ingress_stream_without_include_usage_has_no_usage(router, client, local):
+    local.script(*reply("local-model", "Hi", " there", usage=FINAL_USAGE))
+    response = await client.post("/v1/chat/completions", json=chat_body(stream=True))
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["x-router-backend"] == "local"
+    events = sse_events(response.text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks) == "Hi there"
+    assert all("usage" not in c for c in chunks)
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+@pytest.mark.parametrize("include_usage", [False, None])
+async def test_ingress_stream_include_usage_false_has_no_usage(router, client, include_usage):
+    body = chat_body(stream=True, stream_options={"include_usage": include_usage})
+    events = sse_events((await client.post("/v1/chat/completions", json=body)).text)
+    assert all("usage" not in json.loads(e) for e in events[:-1])
+
+
+async def test_ingress_stream_include_usage_adds_one_final_usage_chunk(router, client, local):
+    local.script(*reply("local-model", "Hi", usage=FINAL_USAGE))
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    events = sse_events((await client.post("/v1/chat/completions", json=body)).text)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    with_usage = [c for c in chunks if "usage" in c]
+    assert with_usage == [chunks[-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["model"] == "local-model"
+    assert tokens(chunks[-1]["usage"]) == FINAL_USAGE
+
+
+# ---- request ids --------------------------------------------------------------------------------------------
+
+
+async def test_ingress_echoes_a_valid_client_request_id(router, client, local):
+    response = await client.post("/v1/chat/completions", json=chat_body(), headers={"X-Request-Id": "req-42.a_b"})
+    assert response.headers["x-request-id"] == "req-42.a_b"
+    assert local.calls[0].request_id == "req-42.a_b"
+
+
+@pytest.mark.parametrize("supplied", [None, "has space", "x" * 129, "semi;colon"])
+async def test_ingress_generates_a_request_id_otherwise(router, client, local, supplied):
+    headers = {"X-Request-Id": supplied} if supplied else {}
+    response = await client.post("/v1/chat/completions", json=chat_body(), headers=headers)
+    request_id = response.headers["x-request-id"]
+    assert request_id != supplied and len(request_id) == 32 and int(request_id, 16) >= 0
+    assert local.calls[0].request_id == request_id
+
+
+# ---- models, health, readiness ------------------------------------------------------------------------------
+
+
+async def test_ingress_models_lists_aliases_and_concrete_ids(router, client):
+    response = await client.get("/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["object"] == "list"
+    assert [(m["id"], m["owned_by"]) for m in body["data"]] == [
+        ("auto", "hybrid-llm"),
+        ("local", "hybrid-llm"),
+        ("cloud", "hybrid-llm"),
+        ("local-model", "local"),
+        ("claude-sonnet-4-6", "anthropic"),
+        ("claude-haiku-4-5", "anthropic"),
+    ]
+
+
+async def test_ingress_models_without_cloud_lists_local_only(make_router):
+    client = make_router(cloud=None).client()
+    ids = [m["id"] for m in (await client.get("/v1/models")).json()["data"]]
+    assert ids == ["auto", "local", "local-model"]
+
+
+async def test_ingress_healthz_needs_no_key(router):
+    response = await router.client(api_key=None).get("/healthz")
+    assert response.status_code == 200 and response.json() == {"status": "ok"}
+
+
+async def test_ingress_readyz_reports_each_backend(router, local):
+    local.inflight, local.detail = 3, "LLMServer RUNNING"
+    response = await router.client(api_key=None).get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {
+        "ready": True,
+        "backends": {
+            "local": {"ready": True, "inflight": 3, "detail": "LLMServer RUNNING"},
+            "cloud": {"ready": True, "inflight": 0, "detail": "fake"},
+        },
+    }
+    assert router.metrics.gauge("router_backend_ready", backend="local") == 1
+
+
+async def test_ingress_readyz_ready_when_one_backend_is(router, local):
+    local.ready = False
+    response = await router.client().get("/readyz")
+    assert response.status_code == 200
+    assert response.json()["backends"]["local"]["ready"] is False
+
+
+async def test_ingress_readyz_503_when_no_backend_is_ready(make_router):
+    router = make_router(local=local_backend(ready=False), cloud=cloud_backend(ready=False, detail="no key"))
+    response = await router.client().get("/readyz")
+    assert response.status_code == 503
+    assert response.json()["ready"] is False
+    assert response.json()["backends"]["cloud"] == {"ready": False, "inflight": 0, "detail": "no key"}
+
+
+# ---- auth ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api_key", [None, "wrong-key"])
+@pytest.mark.parametrize(("method", "path"), [("POST", "/v1/chat/completions"), ("GET", "/v1/models")])
+async def test_ingress_missing_or_wrong_key_is_401(router, local, api_key, method, path):
+    client = router.client(api_key=api_key)
+    response = await client.request(method, path, json=chat_body() if method == "POST" else None)
+    assert response.status_code == 401
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert (error["type"], error["code"]) == ("authentication_error", "invalid_api_key")
+    assert local.calls == []
+
+
+async def test_ingress_wrong_auth_scheme_is_401(router):
+    client = router.client(api_key=None)
+    response = await client.get("/v1/models", headers={"Authorization": f"Basic {API_KEY}"})
+    assert response.status_code == 401 and "Bearer" in response.json()["error"]["message"]
+
+
+# ---- the openai SDK as client -------------------------------------------------------------------------------
+
+
+async def test_ingress_openai_sdk_non_stream(router, local):
+    local.script(*reply("local-model", "Hi", " there", usage=FINAL_USAGE))
+    raw = await router.openai().chat.completions.with_raw_response.create(
+        model="auto", messages=[{"role": "user", "content": "hi"}], max_completion_tokens=20
+    )
+    completion = raw.parse()
+    assert raw.headers["x-router-backend"] == "local"
+    assert completion.choices[0].message.content == "Hi there"
+    assert completion.usage is not None and completion.usage.total_tokens == 24
+    assert local.calls[0].request.output_budget == 20
+
+
+async def test_ingress_openai_sdk_stream_with_usage(router, local):
+    local.script(*reply("local-model", "Hi", " there", usage=FINAL_USAGE))
+    stream = await router.openai().chat.completions.create(
+        model="auto",
+        messages=[{"role": "user", "content": "hi"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = [chunk async for chunk in stream]
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hi there"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    assert (chunks[-1].usage.prompt_tokens, chunks[-1].usage.completion_tokens) == (21, 3)
+
+
+async def test_ingress_openai_sdk_tool_calls(router, local):
+    local.script(*tool_call_reply("local-model"))
+    tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    completion = await router.openai().chat.completions.create(
+        model="auto", messages=[{"role": "user", "content": "weather?"}], tools=tools, tool_choice="auto"
+    )
+    (call,) = completion.choices[0].message.tool_calls or []
+    assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"city": "Paris"}
+    assert local.calls[0].request.tools is not None
+
+
+async def test_ingress_counts_one_ok_request_per_answer(router, client):
+    for stream in (False, True):
+        await client.post("/v1/chat/completions", json=chat_body(stream=stream))
+    assert router.metrics.counter("router_requests", backend="local", outcome="ok") == 2
