@@ -39,9 +39,11 @@ class Router:
     cloud: Backend | None
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
-    def client(self, *, api_key: str | None = API_KEY) -> httpx.AsyncClient:
+    def client(self, *, api_key: str | None = API_KEY, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
+        """An httpx client on the app; `raise_app_exceptions=False` shows what a server would have sent."""
         headers = {"Authorization": f"Bearer {api_key}"} if api_key is not None else {}
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url=BASE_URL, headers=headers)
+        transport = httpx.ASGITransport(app=self.app, raise_app_exceptions=raise_app_exceptions)
+        client = httpx.AsyncClient(transport=transport, base_url=BASE_URL, headers=headers)
         self.clients.append(client)
         return client
 
