@@ -76,6 +76,9 @@ class RoutingPolicy(_Args):
         default=256, ge=1, description="Output budget assumed when a local-bound request gives none."
     )
     chars_per_token: float = Field(default=3.5, gt=0, description="Cheap prompt-length estimate, characters per token.")
+    local_tools: bool = Field(
+        default=False, description="The local engine parses tool calls (vLLM tool_call_parser); else tools go cloud."
+    )
     images_go_cloud: bool = Field(default=True, description="The local model is text-only: images go to the cloud.")
     rules: list[RoutingRule] = Field(default_factory=list, description="Evaluated in order before the built-ins.")
     fallback: bool = Field(default=True, description="Retry on the other backend after a failure before first byte.")

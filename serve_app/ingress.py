@@ -26,8 +26,16 @@ from serve_app.backends.local import LocalBackend
 from serve_app.chat import ChatService, ChatStream
 from serve_app.config import RouterArgs
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, error_body, error_headers
+from serve_app.messages_api import (
+    error_event,
+    events_from_chunk,
+    finish_events,
+    message_from_chunks,
+    new_event_state,
+    to_chat_request,
+)
 from serve_app.protocol import ChatCompletionRequest
-from serve_app.sse import DONE, encode_data
+from serve_app.sse import DONE, encode_data, encode_event
 from serve_app.telemetry import Telemetry
 
 logger = logging.getLogger(__name__)
@@ -52,7 +60,9 @@ def create_app(
 
     def _error_response(exc: RouterError, request: Request) -> JSONResponse:
         headers = error_headers(exc) | (_id_header(request) if echo_request_id else {})
-        return JSONResponse(error_body(exc), status_code=exc.status_code, headers=headers)
+        # The Anthropic-compatible route answers in Anthropic's error format, everything else in OpenAI's.
+        body = error_event(exc) if request.url.path == MESSAGES_PATH else error_body(exc)
+        return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(RouterError)
     async def _router_error(request: Request, exc: RouterError) -> JSONResponse:
@@ -105,9 +115,31 @@ def create_app(
             headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
         return JSONResponse(body, headers=headers)
 
+    @app.post(MESSAGES_PATH)
+    async def messages(request: Request) -> Any:
+        """Anthropic Messages API ingress: same routing, backends and telemetry, Anthropic wire format."""
+        request.state.request_id = request_id_of(request)
+        # Anthropic SDKs send the key as x-api-key (1.x) or a bearer token (2.x); accept both.
+        api_key = request.headers.get("x-api-key")
+        keys.check(f"Bearer {api_key}" if api_key else request.headers.get("authorization"))
+        body = await read_body(request, max_request_bytes)
+        chat_request = to_chat_request(_json_object(body))
+        stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
+        headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+        if echo_request_id:
+            headers["X-Request-Id"] = request.state.request_id
+        message_id = f"msg_{request.state.request_id.replace('-', '')}"
+        model = str(stream.first.get("model") or stream.decision.model)
+        if chat_request.stream:
+            events = _anthropic_events(stream, message_id=message_id, model=model)
+            return StreamingResponse(events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
+        chunks = [chunk async for chunk in stream.chunks()]
+        return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
+
     return app
 
 
+MESSAGES_PATH = "/v1/messages"
 _NO_BUFFERING = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -126,8 +158,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def parse_chat_request(body: bytes) -> ChatCompletionRequest:
-    """Validates a Chat Completions body; every problem becomes an InvalidRequest naming the field."""
+def _json_object(body: bytes) -> dict[str, Any]:
     if not body.strip():
         raise InvalidRequest("the request body is empty; send a JSON object")
     try:
@@ -136,6 +167,12 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
+    return data
+
+
+def parse_chat_request(body: bytes) -> ChatCompletionRequest:
+    """Validates a Chat Completions body; every problem becomes an InvalidRequest naming the field."""
+    data = _json_object(body)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
@@ -172,6 +209,26 @@ async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> Async
     finally:
         await chunks.aclose()
     yield DONE
+
+
+async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) -> AsyncIterator[bytes]:
+    state = new_event_state(message_id=message_id, model=model)
+    chunks = stream.chunks()
+    try:
+        async for chunk in chunks:
+            state, events = events_from_chunk(state, chunk)
+            for event in events:
+                yield encode_event(event["type"], event)
+        state, events = finish_events(state)
+        for event in events:
+            yield encode_event(event["type"], event)
+    except RouterError as exc:
+        yield encode_event("error", error_event(exc))
+    except Exception:
+        logger.exception("messages stream failed after the first byte")
+        yield encode_event("error", error_event(RouterError("internal error in the router")))
+    finally:
+        await chunks.aclose()
 
 
 def _client_usage(stream: ChatStream) -> dict[str, Any]:

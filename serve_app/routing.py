@@ -28,6 +28,7 @@ class RouteReason(StrEnum):
     PROMPT_TOO_LONG = "prompt_too_long"
     OUTPUT_TOO_LONG = "output_too_long"
     HAS_IMAGES = "has_images"
+    HAS_TOOLS = "has_tools"
     CLOUD_DISABLED = "cloud_disabled"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     RULE = "rule"  # rendered as rule_<name>
@@ -118,6 +119,7 @@ _LOCAL_UNSUITABLE = {
     RouteReason.PROMPT_TOO_LONG.value,
     RouteReason.OUTPUT_TOO_LONG.value,
     RouteReason.HAS_IMAGES.value,
+    RouteReason.HAS_TOOLS.value,
     RouteReason.LOCAL_NOT_READY.value,
     RouteReason.LOCAL_SATURATED.value,
 }
@@ -129,6 +131,8 @@ def _auto_preference(route: RouteInput, policy: RoutingPolicy, local: LocalBacke
             return rule.backend, f"rule_{rule.name}"
     if route.has_images and policy.images_go_cloud:
         return "cloud", RouteReason.HAS_IMAGES.value
+    if route.has_tools and not policy.local_tools:
+        return "cloud", RouteReason.HAS_TOOLS.value
     max_output = policy.max_local_output_tokens or max(1, local.context_window // 2)
     output = route.output_tokens if route.output_tokens is not None else policy.default_local_output_tokens
     if route.output_tokens is not None and route.output_tokens > max_output:

@@ -65,7 +65,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "LANGFUSE_FLUSH_INTERVAL": "0.2",
         },
         # The stand-in answers at once; retries would only slow the fault tests down.
-        overrides={"cloud": {"max_retries": 0, "timeout_s": 5}},
+        overrides={
+            "cloud": {"max_retries": 0, "timeout_s": 5},
+            "routing": {"rules": [{"name": "big_output", "backend": "cloud", "min_output_tokens": 100}]},
+        },
     )
     try:
         ray.start()
