@@ -7,6 +7,7 @@ serve_config.local.yaml with `serve deploy` exactly as a user does, and waits fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from tests.support.prometheus import free_port
@@ -122,7 +124,9 @@ class RayPlatform:
             str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             f"--metrics-export-port={self.metrics_port}", "--num-cpus=8", "--disable-usage-stats",
-            f"--temp-dir={self.ray_tmp}",
+            f"--temp-dir={self.ray_tmp}", f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
         )  # fmt: skip
         self.deploy()
         self.wait_local_ready(ready_timeout)
@@ -146,9 +150,32 @@ class RayPlatform:
         raise TimeoutError(f"local backend not ready={ready} after {timeout}s:\n{status.stdout}\n{status.stderr}")
 
     def stop(self) -> None:
+        """Stops this cluster only (`ray stop` would stop every Ray cluster on the machine)."""
         self.run(str(BIN / "serve"), "shutdown", "-y", "-a", self.dashboard_url, check=False, timeout=60)
-        self.run(str(BIN / "ray"), "stop", "--grace-period", "20", check=False, timeout=90)
+        _terminate(self._own_processes())
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
+
+    def _own_processes(self) -> list[psutil.Process]:
+        roots = []
+        for process in psutil.process_iter(["cmdline"]):
+            cmdline = " ".join(process.info["cmdline"] or [])
+            if str(self.ray_tmp) in cmdline or self.address in cmdline:
+                roots.append(process)
+        found = {p.pid: p for p in roots}
+        for root in roots:
+            with contextlib.suppress(psutil.Error):
+                found.update({child.pid: child for child in root.children(recursive=True)})
+        return list(found.values())
+
+
+def _terminate(processes: list[psutil.Process]) -> None:
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=15)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
