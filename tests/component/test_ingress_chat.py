@@ -271,7 +271,7 @@ async def test_ingress_openai_sdk_tool_calls(router, local):
     local.script(*tool_call_reply("local-model"))
     tools = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
     completion = await router.openai().chat.completions.create(
-        model="auto", messages=[{"role": "user", "content": "weather?"}], tools=tools, tool_choice="auto"
+        model="local", messages=[{"role": "user", "content": "weather?"}], tools=tools, tool_choice="auto"
     )
     (call,) = completion.choices[0].message.tool_calls or []
     assert call.function.name == "lookup" and json.loads(call.function.arguments) == {"city": "Paris"}

@@ -138,28 +138,41 @@ async def test_ingress_unknown_model_is_model_not_found(router, client):
     assert error["code"] == "model_not_found" and "auto" in error["message"]
 
 
-async def test_ingress_oversized_body_with_content_length_is_413(router, client):
-    raw = body(messages=[{"role": "user", "content": "x" * 5000}])
-    response = await client.post("/v1/chat/completions", content=raw)
-    assert response.request.headers["content-length"] == str(len(raw))
+def _body_in_pieces(pulled: list[int], pieces: int = 10, size: int = 1000) -> AsyncIterator[bytes]:
+    async def gen() -> AsyncIterator[bytes]:
+        for _ in range(pieces):
+            pulled.append(size)
+            yield b" " * size
+
+    return gen()
+
+
+async def test_ingress_oversized_body_with_content_length_is_413_unread(router, client):
+    pulled: list[int] = []
+    response = await client.post(
+        "/v1/chat/completions", content=_body_in_pieces(pulled), headers={"Content-Length": "10000"}
+    )
     error = assert_openai_error(response, 413)
     assert (error["type"], error["code"]) == ("invalid_request_error", "request_too_large")
-    assert "4096" in error["message"]
+    assert "10000" in error["message"] and "4096" in error["message"]
+    assert pulled == []  # refused on the declared length, before reading
     await assert_still_serving(client)
 
 
+async def test_ingress_oversized_json_body_is_413(router, client):
+    raw = body(messages=[{"role": "user", "content": "x" * 5000}])
+    response = await client.post("/v1/chat/completions", content=raw)
+    assert response.request.headers["content-length"] == str(len(raw))
+    assert assert_openai_error(response, 413)["code"] == "request_too_large"
+
+
 async def test_ingress_oversized_body_without_content_length_is_413(router, client):
-    sent: list[int] = []
-
-    async def chunked() -> AsyncIterator[bytes]:
-        for _ in range(10):
-            sent.append(1)
-            yield b" " * 1000
-
-    response = await client.post("/v1/chat/completions", content=chunked())
+    pulled: list[int] = []
+    response = await client.post("/v1/chat/completions", content=_body_in_pieces(pulled))
     assert "content-length" not in response.request.headers
     error = assert_openai_error(response, 413)
     assert error["code"] == "request_too_large"
+    assert sum(pulled) < 10_000  # stopped reading once past the limit
     await assert_still_serving(client)
 
 
