@@ -105,6 +105,14 @@ async def test_ingress_local_not_ready_goes_cloud(router, client, local):
     assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("cloud", "local_not_ready")
 
 
+@pytest.mark.parametrize(("local_tools", "route"), [(False, ("cloud", "has_tools")), (True, ("local", "policy_local"))])
+async def test_ingress_routes_tool_requests_by_policy(make_router, local_tools, route):
+    client = make_router(args=router_args(routing={"local_tools": local_tools})).client()
+    tools = [{"type": "function", "function": {"name": "lookup"}}]
+    response = await client.post("/v1/chat/completions", json=chat_body(tools=tools))
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == route
+
+
 # ---- streamed -----------------------------------------------------------------------------------------------
 
 

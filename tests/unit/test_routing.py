@@ -147,12 +147,23 @@ def test_decide_auto_images_go_cloud_unless_configured_otherwise():
         ({"prompt_tokens": 5000}, "prompt_too_long"),
         ({"output_tokens": 900}, "output_too_long"),
         ({"has_images": True}, "has_images"),
+        ({"has_tools": True}, "has_tools"),
     ],
 )
 def test_decide_auto_cloud_reasons_where_local_is_unsuitable_have_no_fallback(overrides, reason):
     decision = run(**overrides)
     assert (decision.backend, decision.reason) == ("cloud", reason)
     assert decision.fallback_backend is None and decision.fallback_model is None
+
+
+def test_decide_auto_tools_go_cloud_unless_the_local_engine_parses_them():
+    assert run(has_tools=True) == RouteDecision("cloud", SONNET, "has_tools")
+    policy = POLICY.model_copy(update={"local_tools": True})
+    assert run(policy=policy, has_tools=True) == RouteDecision("local", LOCAL, "policy_local", "cloud", SONNET)
+
+
+def test_decide_auto_images_are_checked_before_tools():
+    assert run(has_images=True, has_tools=True).reason == "has_images"
 
 
 def test_decide_auto_cloud_not_ready_goes_local_when_cloud_was_wanted():
