@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from serve_app.auth import ApiKeys
+from serve_app.config import AuthArgs
 from tests.component.fakes import API_KEY, chat_body, cloud_backend, local_backend, reply, router_args, sse_events
 
 pytestmark = pytest.mark.timeout(30)
@@ -244,6 +246,19 @@ async def test_ingress_wrong_auth_scheme_is_401(router):
     client = router.client(api_key=None)
     response = await client.get("/v1/models", headers={"Authorization": f"Basic {API_KEY}"})
     assert response.status_code == 401 and "Bearer" in response.json()["error"]["message"]
+
+
+async def test_ingress_open_mode_needs_no_key(make_router):
+    client = make_router(keys=ApiKeys.load(AuthArgs(allow_unauthenticated=True), environ={})).client(api_key=None)
+    assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 200
+    assert (await client.get("/v1/models")).status_code == 200
+
+
+async def test_ingress_without_configured_keys_explains_the_401(make_router):
+    client = make_router(keys=ApiKeys.load(AuthArgs(), environ={})).client(api_key="any")
+    response = await client.post("/v1/chat/completions", json=chat_body())
+    assert response.status_code == 401
+    assert "no API keys configured" in response.json()["error"]["message"]
 
 
 # ---- the openai SDK as client -------------------------------------------------------------------------------
