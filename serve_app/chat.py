@@ -125,10 +125,12 @@ class ChatService:
                 )
                 chunks = observation.observe(backend.stream(request, model=decision.model, request_id=request_id))
                 try:
-                    first = await anext(chunks)
-                except StopAsyncIteration:
-                    await _close(chunks)
-                    raise UpstreamUnavailable("the backend ended without an answer", backend=decision.backend) from None
+                    try:
+                        first = await anext(chunks)
+                    except StopAsyncIteration:
+                        raise UpstreamUnavailable(
+                            "the backend ended without an answer", backend=decision.backend
+                        ) from None
                 except UpstreamError as exc:
                     await _close(chunks)
                     if not (exc.retryable_elsewhere and decision.fallback_backend):

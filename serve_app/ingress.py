@@ -72,7 +72,7 @@ def create_app(
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         error_type = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         body = {"error": {"message": str(exc.detail), "type": error_type, "param": None, "code": None}}
-        headers = _id_header(request) if echo_request_id else {}
+        headers = dict(exc.headers or {}) | (_id_header(request) if echo_request_id else {})  # e.g. Allow on 405
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
@@ -176,12 +176,35 @@ def parse_chat_request(body: bytes) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
+        # The error that reaches deepest into the request names the real problem (not a union branch).
+        errors = exc.errors(include_url=False)
+        paths = [_param_path(data, error["loc"]) or "" for error in errors]
+        deepest = max(range(len(errors)), key=lambda i: (paths[i].count(".") + bool(paths[i]), -i))
+        first, param = errors[deepest], paths[deepest] or None
         message = first["msg"]
         if len(exc.errors()) > 1:
             message += f" (and {len(exc.errors()) - 1} more problem(s))"
         raise InvalidRequest(f"{param}: {message}" if param else message, param=param) from None
+
+
+def _param_path(data: Any, loc: tuple[Any, ...]) -> str | None:
+    """The error location as a path into the request, without pydantic's union-branch labels ("str", ...)."""
+    parts: list[str] = []
+    node = data
+    for part in loc:
+        if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            parts.append(str(part))
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part in node:
+            parts.append(part)
+            node = node[part]
+        elif isinstance(node, dict) and isinstance(part, str) and part not in _TYPE_LABELS and "[" not in part:
+            parts.append(part)  # a missing field: name it and stop
+            break
+    return ".".join(parts) or None
+
+
+_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-plain"})
 
 
 async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> AsyncIterator[bytes]:

@@ -77,7 +77,8 @@ def decide(*, route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs)
         model = cloud_default if requested == "cloud" else requested
         return RouteDecision("cloud", model, RouteReason.EXPLICIT_CLOUD.value)
     if requested != "auto":
-        known = ", ".join([*ALIASES, route.local_model_id, *route.cloud_model_ids])
+        aliases = [a for a in ALIASES if a != "cloud" or route.cloud_model_ids]
+        known = ", ".join([*aliases, route.local_model_id, *route.cloud_model_ids])
         raise ModelNotFound(f"model '{requested}' does not exist; available: {known}", param="model")
     if cloud_default is None:
         return RouteDecision("local", route.local_model_id, RouteReason.CLOUD_DISABLED.value)
@@ -91,7 +92,7 @@ def decide(*, route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs)
     if wanted == "cloud" and not route.cloud_ready:
         if not route.local_ready:
             raise NoBackendAvailable(
-                "no backend is ready: the local model is not serving and the cloud backend is not configured",
+                "no backend is ready: the local model is not serving and the cloud backend is not ready",
                 retry_after=5,
             )
         wanted, reason = "local", RouteReason.CLOUD_UNAVAILABLE.value

@@ -123,10 +123,6 @@ def _resolves(data: Any, path: str) -> bool:
     return True
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ingress.parse_chat_request reports pydantic's union branch ('messages.0.content.str') as param",
-)
 async def test_ingress_error_param_is_a_path_into_the_request(router, client):
     sent = {"model": "auto", "messages": [{"role": "user", "content": [{"type": "audio", "audio": "AAAA"}]}]}
     error = assert_openai_error(await client.post("/v1/chat/completions", json=sent), 400)
@@ -191,10 +187,6 @@ async def test_ingress_wrong_method_is_405(router, client, method, path):
     await assert_still_serving(client)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: ingress._http_error drops StarletteHTTPException.headers, so a 405 has no Allow header",
-)
 async def test_ingress_wrong_method_405_names_the_allowed_method(router, client):
     response = await client.get("/v1/chat/completions")
     assert response.status_code == 405

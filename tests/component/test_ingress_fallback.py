@@ -121,10 +121,6 @@ async def test_fallback_only_once_then_the_second_error_is_returned(router, clie
     assert len(local.calls) == len(cloud.calls) == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: chat.ChatService.start raises UpstreamUnavailable for an empty stream without trying the fallback",
-)
 async def test_fallback_local_stream_ending_without_a_chunk(router, client, local, cloud):
     local.script()  # ends at once: no first chunk
     response = await client.post("/v1/chat/completions", json=chat_body())
