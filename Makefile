@@ -17,7 +17,7 @@ export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_NO_USAGE_STATS := 1
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: install system-deps serve stop status test lint test-fast bench rayservice clean
+.PHONY: install system-deps serve stop status test lint test-fast bench rayservice check-rayservice deploy teardown verify clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -70,6 +70,23 @@ test: install system-deps lint
 
 bench: install
 	$(PY) -m bench.run_all
+
+# serveConfigV2 in kuberay/rayservice.yaml is generated from serve_config.yaml.
+rayservice: install
+	$(PY) -m kuberay.render
+
+check-rayservice: install
+	$(PY) -m kuberay.render --check
+
+# EKS: see docs/deploy.md.
+deploy:
+	cluster/deploy.sh
+
+teardown:
+	cluster/teardown.sh
+
+verify: install
+	$(PY) -m cluster.verify
 
 clean: stop
 	rm -rf $(VENV) $(STATE)
