@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): router overhead, throughput and telemetry cost, measured as ratios in one run."""
