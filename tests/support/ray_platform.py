@@ -65,6 +65,7 @@ class RayPlatform:
     env: dict[str, str] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)  # router args merged over the local profile
     llm_overrides: dict[str, Any] = field(default_factory=dict)
+    apps: tuple[str, ...] = ("llm", "router")  # which applications of the profile to deploy
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -98,6 +99,7 @@ class RayPlatform:
     def write_config(self) -> Path:
         config = yaml.safe_load(LOCAL_CONFIG.read_text())
         config["http_options"]["port"] = self.http_port
+        config["applications"] = [app for app in config["applications"] if app["name"] in self.apps]
         for app in config["applications"]:
             if app["name"] == "router":
                 _merge(app["args"], self.overrides)
@@ -129,8 +131,19 @@ class RayPlatform:
             f"--runtime-env-agent-port={free_port()}",
         )  # fmt: skip
         self.deploy()
-        self.wait_local_ready(ready_timeout)
+        if "llm" in self.apps:
+            self.wait_local_ready(ready_timeout)
+        else:
+            self.wait_router(ready_timeout)
         return self
+
+    def wait_router(self, timeout: float) -> None:
+        start = time.monotonic()
+        while time.monotonic() - start < timeout:
+            if self.readiness():
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"the router did not answer /readyz after {timeout}s")
 
     def deploy(self) -> None:
         self.run(str(BIN / "serve"), "deploy", str(self.config_path), "-a", self.dashboard_url)

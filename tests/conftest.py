@@ -1,0 +1,14 @@
+"""Settings every test process needs before Ray is imported anywhere in it.
+
+Ray reads these at import time: without them a driver swaps 127.0.0.1 for the machine's routable address
+and cannot reach a loopback cluster, and token authentication depends on files in the home directory.
+"""
+
+from __future__ import annotations
+
+import os
+
+from tests.support.ray_platform import RAY_ENV
+
+for _name, _value in RAY_ENV.items():
+    os.environ.setdefault(_name, _value)

@@ -1,0 +1,122 @@
+"""Warm-up and death of the local model: the router keeps serving, never waits on a dead or loading model.
+
+Latency bounds here are deliberately loose (1 s against a 20 s first-chunk timeout): they tell "answered at
+once by the cloud" from "waited for the local model", without timing the machine.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+import ray
+import yaml
+from ray.util.state import list_actors
+
+from tests.support.ray_platform import BIN
+
+NO_WAIT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def driver(platform):
+    # tests/conftest.py gives this process the cluster's settings (loopback addresses) before Ray is imported.
+    ray.init(address=platform.ray.address, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _auto(platform, text: str = "hello") -> tuple[httpx.Response, float]:
+    start = time.perf_counter()
+    response = httpx.post(
+        f"{platform.base_url}/v1/chat/completions",
+        json={"model": "auto", "max_tokens": 4, "messages": [{"role": "user", "content": text}]},
+        headers={"Authorization": f"Bearer {platform.api_key}"},
+        timeout=60,
+    )
+    return response, time.perf_counter() - start
+
+
+def _route(response: httpx.Response) -> tuple[str, str]:
+    return response.headers["x-router-backend"], response.headers["x-router-reason"]
+
+
+def _kill_model_replica() -> None:
+    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ServeReplica:llm:" in a.class_name]
+    assert len(actors) == 1, actors
+    ray.kill(ray.get_actor(actors[0].name, namespace="serve"), no_restart=True)
+
+
+def _wait_local(platform, ready: bool, timeout: float) -> float:
+    return platform.ray.wait_local_ready(timeout, ready=ready)
+
+
+def test_replica_death_mid_stream_gives_error_event_then_cloud_until_back(platform, driver):
+    assert _route(_auto(platform)[0]) == ("local", "policy_local")
+    events: list[str] = []
+    first_chunk = threading.Event()
+
+    def stream() -> None:
+        with httpx.stream(
+            "POST",
+            f"{platform.base_url}/v1/chat/completions",
+            json={"model": "local", "stream": True, "max_tokens": 400, "messages": [{"role": "user", "content": "go"}]},
+            headers={"Authorization": f"Bearer {platform.api_key}"},
+            timeout=60,
+        ) as response:
+            for line in response.iter_lines():
+                if line.startswith("data:"):
+                    events.append(line)
+                    first_chunk.set()
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    assert first_chunk.wait(30)
+    _kill_model_replica()
+    reader.join(60)
+    assert not reader.is_alive()
+    assert events[-1] == "data: [DONE]"
+    assert '"error"' in events[-2], events[-3:]
+
+    _wait_local(platform, ready=False, timeout=10)
+    during = [_auto(platform, f"while down {i}") for i in range(5)]
+    for response, elapsed in during:
+        assert response.status_code == 200
+        assert _route(response) == ("cloud", "local_not_ready")
+        assert elapsed < NO_WAIT_S, f"{elapsed:.3f}s: the request waited on the dead model"
+    print(f"cloud answers while the model restarts: {[round(e * 1000, 1) for _, e in during]} ms")
+
+    recovered_after = _wait_local(platform, ready=True, timeout=300)
+    print(f"local model back after {recovered_after:.1f}s")
+    assert _route(_auto(platform)[0]) == ("local", "policy_local")
+
+
+def test_model_redeploy_keeps_router_serving_cloud_while_loading(platform, driver):
+    config = yaml.safe_load(platform.ray.config_path.read_text())
+    router_only = platform.ray.workdir / "router_only.yaml"
+    router_only.write_text(yaml.safe_dump({**config, "applications": [config["applications"][1]]}, sort_keys=False))
+    assert config["applications"][1]["name"] == "router"
+
+    platform.ray.run(str(BIN / "serve"), "deploy", str(router_only), "-a", platform.ray.dashboard_url)
+    _wait_local(platform, ready=False, timeout=60)
+    platform.ray.deploy()  # the model application comes back and loads from scratch
+    samples = []
+    while not platform.ray.readiness().get("backends", {}).get("local", {}).get("ready"):
+        response, elapsed = _auto(platform, "while loading")
+        assert response.status_code == 200
+        backend, reason = _route(response)
+        if backend == "local":  # became ready between the readiness poll and the request
+            break
+        assert reason == "local_not_ready"
+        assert elapsed < NO_WAIT_S, f"{elapsed:.3f}s: the request waited on the loading model"
+        samples.append(elapsed)
+        time.sleep(0.5)
+    assert len(samples) >= 3, "the model loaded too fast to observe the warm-up"
+    samples.sort()
+    print(f"{len(samples)} cloud answers during warm-up, p50 {samples[len(samples) // 2] * 1000:.1f} ms")
+    status = yaml.safe_load(platform.ray.run(str(BIN / "serve"), "status", "-a", platform.ray.dashboard_url).stdout)
+    assert status["applications"]["router"]["status"] == "RUNNING"
+    _wait_local(platform, ready=True, timeout=300)
+    assert _route(_auto(platform)[0]) == ("local", "policy_local")
