@@ -168,16 +168,23 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     }
     order = list(targets) if quick else list(targets) + list(reversed(targets))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
+    meter = common.CpuMeter(s.platform, extra={"standin": s.standin.process.pid})
     for name in targets:  # warm every side's connections and code paths
         url, body, headers = targets[name]
         common.wrk(url, body, headers, connections=16, seconds=1)
     for name in order:
         url, body, headers = targets[name]
-        runs[name].append(common.wrk(url, body, headers, connections=16, seconds=seconds))
+        before = meter.snapshot()
+        result = common.wrk(url, body, headers, connections=16, seconds=seconds)
+        result["cpu_ms_per_request"] = meter.per_request_ms(before, meter.snapshot(), result["requests"])
+        runs[name].append(result)
     out: dict[str, Any] = {}
     for name, results in runs.items():
         best = max(results, key=lambda r: r["req_per_s"])
         out[name] = best | {"runs_req_per_s": [r["req_per_s"] for r in results]}
+        replica_cpu = best["cpu_ms_per_request"].get(name if name.startswith("router") else "standin")
+        if replica_cpu:  # one replica (or the stand-in) with a core of its own is bound by its CPU per request
+            out[name]["cpu_bound_req_per_s"] = round(1000.0 / replica_cpu, 1)
     return out
 
 
@@ -203,6 +210,8 @@ def report(s: common.Session, data: dict[str, Any]) -> None:
                 f"  wrk c16 {name:<14} {r['req_per_s']:8.1f} req/s  p50 {lat['p50']:.2f}  p99 {lat['p99']:.2f} ms  "
                 f"errors {r['errors']} non2xx {r['non2xx']}  runs {r['runs_req_per_s']}"
             )
+            cpu = {k: v for k, v in r["cpu_ms_per_request"].items() if v >= 0.01}
+            print(f"      cpu ms per request: {cpu}")
 
 
 def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
@@ -234,7 +243,7 @@ def main() -> None:
     parser.add_argument("--proxy", choices=("default", "haproxy", "both"), default="both")
     opts = parser.parse_args()
     for proxy in ("default", "haproxy") if opts.proxy == "both" else (opts.proxy,):
-        with common.session(proxy) as s:
+        with common.session(proxy, with_model=False) as s:
             run(s, quick=opts.quick)
 
 

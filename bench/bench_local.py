@@ -80,10 +80,15 @@ async def chat_stream(client: openai.AsyncOpenAI, model: str) -> Sample:
 
 
 class HandleSide:
-    """The LLMServer reached through a DeploymentHandle from this process (a Ray driver on the cluster)."""
+    """The LLMServer reached through a DeploymentHandle from this process (a Ray driver on the cluster).
+
+    Once per process: after `ray.shutdown()` Serve's handle machinery in the driver keeps routing to the first
+    cluster's replicas, so a second cluster in the same process gets no `handle` side."""
+
+    used = False
 
     def __init__(self, s: common.Session) -> None:
-        os.environ.update(common.RAY_ENV)
+        HandleSide.used = True
         import ray
         from ray import serve
 
@@ -163,15 +168,17 @@ def _delta(block: dict[str, Any], side: str, metric: str) -> dict[str, float] | 
 def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
     common.banner(f"local path, {s.proxy} proxy")
     load_before = common.load_average()
-    handle = HandleSide(s)
+    handle = None if HandleSide.used else HandleSide(s)
     try:
         data = asyncio.run(measure(s, quick=quick, handle=handle))
     finally:
-        handle.close()
+        if handle is not None:
+            handle.close()
     data["vs_direct"] = {
         f"{key} {side} {metric[:-3]}": _delta(data[key], side, metric)
         for key in ("c1", "c8")
         for side in ("router", "router-notel", "handle")
+        if side in data[key]
         for metric in ("ttft_ms", "first_chunk_ms", "total_ms")
     }
     data["load_before"], data["load_after"] = load_before, common.load_average()

@@ -52,12 +52,20 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     for name in ("off", "on"):
         common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=1)
     runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    meter = common.CpuMeter(s.platform)
+    replica = {"on": "router", "off": "router-notel"}
     for name in order:
-        runs[name].append(common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds))
+        before = meter.snapshot()
+        result = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
+        result["cpu_ms_per_request"] = meter.per_request_ms(before, meter.snapshot(), result["requests"])
+        runs[name].append(result)
     out: dict[str, Any] = {}
     for name, results in runs.items():
         out[name] = {
             "req_per_s": round(statistics.fmean(r["req_per_s"] for r in results), 1),
+            "router_cpu_ms_per_request": round(
+                statistics.fmean(r["cpu_ms_per_request"].get(replica[name], 0.0) for r in results), 3
+            ),
             "runs": results,
         }
     return out
@@ -86,6 +94,10 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
     tp = data["throughput_c16"]
     if "skipped" not in tp:
         summary["c16 req/s on/off"] = common.ratio(tp["on"]["req_per_s"], tp["off"]["req_per_s"])
+        on_cpu, off_cpu = tp["on"]["router_cpu_ms_per_request"], tp["off"]["router_cpu_ms_per_request"]
+        summary["router cpu ms/request on"], summary["router cpu ms/request off"] = on_cpu, off_cpu
+        # what one replica with a core of its own would lose: throughput scales with 1 / CPU per request
+        summary["router cpu-bound req/s on/off"] = common.ratio(off_cpu, on_cpu)
         for name in ("off", "on"):
             runs = [r["req_per_s"] for r in tp[name]["runs"]]
             p50s = [r["latency_ms"]["p50"] for r in tp[name]["runs"]]
@@ -104,7 +116,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--proxy", choices=("default", "haproxy"), default="default")
     opts = parser.parse_args()
-    with common.session(opts.proxy) as s:
+    with common.session(opts.proxy, with_model=False) as s:
         run(s, quick=opts.quick)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import copy
 import datetime as dt
+import importlib.metadata
 import json
 import multiprocessing
 import os
@@ -29,10 +30,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import yaml
 
 from tests.support.prometheus import free_port
 from tests.support.ray_platform import RAY_ENV, REPO, RayPlatform, http_json
+
+# Before anything imports ray: it reads these at import time (loopback only, no usage stats, no auth token),
+# and bench_local's driver connection must resolve the cluster on 127.0.0.1 as the cluster itself does.
+os.environ.update(RAY_ENV)
 
 RESULTS = REPO / "bench" / "results"
 API_KEY = "sk-bench-router"
@@ -91,14 +97,12 @@ def load_average() -> list[float]:
 
 
 def machine() -> dict[str, Any]:
-    import ray
-
     return {
         "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
         "load_average_1_5_15": load_average(),
         "python": pyplatform.python_version(),
-        "ray": ray.__version__,
+        "ray": importlib.metadata.version("ray"),
     }
 
 
@@ -296,8 +300,10 @@ class Session:
 
 
 @contextlib.contextmanager
-def session(proxy: str, *, vllm_url: str | None = None) -> Iterator[Session]:
-    """Starts the stand-ins and one Ray cluster with both Serve applications (+ the telemetry-off router)."""
+def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True) -> Iterator[Session]:
+    """Starts the stand-ins and one Ray cluster with both Serve applications (+ the telemetry-off router).
+
+    `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks."""
     started = time.monotonic()
     standin, standin_url = start_anthropic_standin()
     receivers = TelemetryReceivers()
@@ -319,19 +325,23 @@ def session(proxy: str, *, vllm_url: str | None = None) -> Iterator[Session]:
         env=env,
         overrides={"cloud": {"max_retries": 0, "timeout_s": 30}},
         extra_routers={"router-notel": (NOTEL_PREFIX, TELEMETRY_OFF)},
+        apps=("llm", "router") if with_model else ("router",),
     )
     try:
-        print(f"[{proxy}] starting Ray + Serve (model load takes a minute) ...", flush=True)
+        print(f"[{proxy}] starting Ray + Serve{' (model load takes a minute)' * with_model} ...", flush=True)
         platform.start()
         wait_http_ok(platform.base_url + NOTEL_PREFIX + "/healthz", 120)
         elapsed = time.monotonic() - started
         print(f"[{proxy}] platform ready in {elapsed:.0f}s at {platform.base_url}", flush=True)
         yield Session(proxy, platform, standin, standin_url, receivers, vllm_url=vllm_url, started_s=elapsed)
     finally:
-        platform.stop()
-        receivers.stop()
-        standin.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        try:
+            platform.stop()
+        finally:
+            with contextlib.suppress(Exception):
+                receivers.stop()
+            standin.stop()
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 def readiness(url: str) -> dict[str, Any]:
@@ -431,6 +441,54 @@ def wrk(url: str, body: dict[str, Any], headers: dict[str, str], *, connections:
         "non2xx": raw["non2xx"],
         "latency_ms": {k[:-3]: round(v / 1000.0, 3) for k, v in raw.items() if k.endswith("_us")},
     }
+
+
+# ------------------------------------------------------------------------------------------------ CPU accounting
+
+
+def _group(cmdline: str) -> str:
+    if "ServeReplica:router-notel:" in cmdline:
+        return "router-notel"
+    if "ServeReplica:router:" in cmdline:
+        return "router"
+    if "ProxyActor" in cmdline:
+        return "serve-proxy"
+    if "haproxy" in cmdline:
+        return "haproxy"
+    return "other"
+
+
+class CpuMeter:
+    """CPU seconds (user + system) of this cluster's processes, by role, and of one more process (the upstream).
+
+    CPU per request is far less disturbed by other work on a shared machine than wall time, and it says what
+    one router replica would serve with a core of its own: 1000 / (router ms per request)."""
+
+    def __init__(self, platform: RayPlatform, extra: dict[str, int] | None = None) -> None:
+        self._procs: dict[str, list[psutil.Process]] = {}
+        for process in platform._own_processes():
+            with contextlib.suppress(psutil.Error):
+                self._procs.setdefault(_group(" ".join(process.cmdline())), []).append(process)
+        for name, pid in (extra or {}).items():
+            with contextlib.suppress(psutil.Error):
+                self._procs.setdefault(name, []).append(psutil.Process(pid))
+
+    def snapshot(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, processes in self._procs.items():
+            total = 0.0
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    total += times.user + times.system
+            out[name] = total
+        return out
+
+    @staticmethod
+    def per_request_ms(before: dict[str, float], after: dict[str, float], requests: int) -> dict[str, float]:
+        if requests <= 0:
+            return {}
+        return {name: round((after[name] - before.get(name, 0.0)) * 1000.0 / requests, 3) for name in after}
 
 
 def banner(title: str) -> None:

@@ -55,7 +55,7 @@ def _get(data: dict[str, Any], *path: str) -> Any:
 def _fmt(value: Any, unit: str) -> str:
     if value is None:
         return "-"
-    return f"{value:+.2f} {unit}" if unit == "ms" else f"{value:.2f}{unit}"
+    return f"{value:+.2f} {unit}" if unit == "ms" else f"{value:.2f}{unit}"  # ms rows are differences
 
 
 def summary(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -71,8 +71,29 @@ def summary(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         ("cloud c1 added TTFT p50 (stream)", "cloud", ("added_ms", c1s, "p50"), "ms", 3.0),
         ("cloud c1 added TTFT p99 (stream)", "cloud", ("added_ms", c1s, "p99"), "ms", 8.0),
         ("cloud c16 router req/s (wrk)", "cloud", ("throughput_c16", "router", "req_per_s"), " req/s", 400.0),
+        (
+            "cloud router replica CPU per request",
+            "cloud",
+            ("throughput_c16", "router", "cpu_ms_per_request", "router"),
+            " cpu-ms",
+            None,
+        ),
+        (
+            "cloud router req/s if CPU-bound on 1 core",
+            "cloud",
+            ("throughput_c16", "router", "cpu_bound_req_per_s"),
+            " req/s",
+            400.0,
+        ),
         ("cloud c16 stand-in direct req/s (wrk)", "cloud", ("throughput_c16", "direct", "req_per_s"), " req/s", None),
         ("telemetry on/off req/s (c16)", "telemetry", ("summary", "c16 req/s on/off"), "x", 0.95),
+        (
+            "telemetry router CPU per request on/off",
+            "telemetry",
+            ("summary", "router cpu-bound req/s on/off"),
+            "x",
+            0.95,
+        ),
         ("telemetry added p50 (c1 non-stream)", "telemetry", ("summary", "c1 json total p50 added ms"), "ms", 1.0),
     ]
     table = []
@@ -117,7 +138,7 @@ def main() -> None:
         if "local" in opts.only:
             vllm, vllm_url = common.start_vllm_direct(bench_local.smoke_model_dir())
         try:
-            with common.session(proxy, vllm_url=vllm_url) as s:
+            with common.session(proxy, vllm_url=vllm_url, with_model="local" in opts.only) as s:
                 if vllm is not None and vllm_url is not None:
                     common.wait_http_ok(vllm_url + "/health", 300, vllm)
                     results[f"local-{proxy}"] = bench_local.run(s, quick=opts.quick)
