@@ -43,8 +43,10 @@ def _route(response: httpx.Response) -> tuple[str, str]:
     return response.headers["x-router-backend"], response.headers["x-router-reason"]
 
 
-def _kill_model_replica() -> None:
-    actors = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "ServeReplica:llm:" in a.class_name]
+def _kill_model_replica(platform) -> None:
+    # The state API is addressed explicitly: other Ray clusters may run on the same machine.
+    alive = list_actors(address=platform.ray.dashboard_url, filters=[("state", "=", "ALIVE")])
+    actors = [a for a in alive if "ServeReplica:llm:" in a.class_name]
     assert len(actors) == 1, actors
     ray.kill(ray.get_actor(actors[0].name, namespace="serve"), no_restart=True)
 
@@ -74,7 +76,7 @@ def test_replica_death_mid_stream_gives_error_event_then_cloud_until_back(platfo
     reader = threading.Thread(target=stream)
     reader.start()
     assert first_chunk.wait(30)
-    _kill_model_replica()
+    _kill_model_replica(platform)
     reader.join(60)
     assert not reader.is_alive()
     assert events[-1] == "data: [DONE]"
