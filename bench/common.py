@@ -306,7 +306,11 @@ def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True)
     `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks."""
     started = time.monotonic()
     standin, standin_url = start_anthropic_standin()
-    receivers = TelemetryReceivers()
+    try:
+        receivers = TelemetryReceivers()
+    except BaseException:
+        standin.stop()
+        raise
     env = {
         "HYBRID_LLM_API_KEYS": API_KEY,
         "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
