@@ -266,6 +266,18 @@ class BenchPlatform(RayPlatform):
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
+    def deploy(self) -> None:
+        """`serve deploy`, retried: right after `ray start` the dashboard sometimes refuses the first attempt."""
+        for attempt in range(3):
+            try:
+                super().deploy()
+                return
+            except subprocess.CalledProcessError as exc:
+                if attempt == 2:
+                    raise
+                print(f"serve deploy failed ({(exc.stderr or '').strip()[-300:]}); retrying", flush=True)
+                time.sleep(5)
+
 
 def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
     for key, value in overrides.items():
