@@ -31,14 +31,19 @@ class RouterLLMServer(LLMServer):
             return
         results = await self.chat(request)
         async for item in results:
-            for entry in item if isinstance(item, list) else [item]:
-                if isinstance(entry, ErrorResponse):
-                    error = entry.error
-                    yield _error_event(error.message, error.type, int(error.code or 500))
-                elif isinstance(entry, str):
-                    yield entry
-                else:  # a whole response although stream=true was asked: re-emit it as one event
-                    yield f"data: {entry.model_dump_json()}\n\n"
+            # One handle item per LLMServer batch (stream_batching_interval_ms), not one per token: each
+            # streamed item costs a Ray round of its own, and the router parses several events per string.
+            yield "".join(_event(entry) for entry in (item if isinstance(item, list) else [item]))
+
+
+def _event(entry: object) -> str:
+    if isinstance(entry, str):
+        return entry
+    if isinstance(entry, ErrorResponse):
+        error = entry.error
+        return _error_event(error.message, error.type, int(error.code or 500))
+    # A whole response although stream=true was asked: re-emit it as one event.
+    return f"data: {entry.model_dump_json()}\n\n"  # type: ignore[attr-defined]
 
 
 def _error_event(message: str, error_type: str, status: int) -> str:

@@ -53,6 +53,7 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
     ray = RayPlatform(
         workdir=tmp_path_factory.mktemp("platform"),
         env={
+            "RAY_SERVE_ENABLE_HA_PROXY": "1",  # the ingress `make serve` and the RayService use
             "HYBRID_LLM_API_KEYS": f"{API_KEY},sk-second-key",
             "ANTHROPIC_API_KEY": ANTHROPIC_KEY,
             "ANTHROPIC_BASE_URL": anthropic_standin.base_url,
