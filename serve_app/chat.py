@@ -14,7 +14,7 @@ from typing import Any
 
 from serve_app.backends.base import Backend
 from serve_app.config import RouterArgs
-from serve_app.errors import RouterError, UpstreamError, UpstreamUnavailable
+from serve_app.errors import UpstreamError, UpstreamUnavailable
 from serve_app.protocol import ChatCompletionRequest, ModelCard, ModelList
 from serve_app.routing import (
     ALIASES,
@@ -153,6 +153,3 @@ async def _close(iterator: AsyncIterator[Any]) -> None:
         await aclose()
     except Exception:  # closing must not mask the error that ended the stream
         logger.debug("closing a backend stream failed", exc_info=True)
-
-
-__all__ = ["ChatService", "ChatStream", "RouterError"]

@@ -31,7 +31,6 @@ class RouteReason(StrEnum):
     HAS_TOOLS = "has_tools"
     CLOUD_DISABLED = "cloud_disabled"
     CLOUD_UNAVAILABLE = "cloud_unavailable"
-    RULE = "rule"  # rendered as rule_<name>
     FALLBACK_LOCAL_ERROR = "fallback_local_error"  # local failed before the first byte; cloud answered
     FALLBACK_CLOUD_ERROR = "fallback_cloud_error"  # cloud failed before the first byte; local answered
 
@@ -54,7 +53,7 @@ class RouteInput:
 class RouteDecision:
     backend: BackendName
     model: str
-    reason: str  # a RouteReason value, or rule_<name>
+    reason: str  # a RouteReason value, or rule_<name> for a configured rule
     fallback_backend: BackendName | None = None
     fallback_model: str | None = None
 
