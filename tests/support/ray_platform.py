@@ -145,8 +145,17 @@ class RayPlatform:
             time.sleep(0.25)
         raise TimeoutError(f"the router did not answer /readyz after {timeout}s")
 
-    def deploy(self) -> None:
-        self.run(str(BIN / "serve"), "deploy", str(self.config_path), "-a", self.dashboard_url)
+    def deploy(self, timeout: float = 90) -> None:
+        """`serve deploy`, retried while the dashboard that accepts it is still starting after `ray start`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            command = (str(BIN / "serve"), "deploy", str(self.config_path), "-a", self.dashboard_url)
+            result = self.run(*command, check=False)
+            if result.returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"serve deploy failed:\n{result.stdout}\n{result.stderr}")
+            time.sleep(2)
 
     def readiness(self) -> dict[str, Any]:
         _, body = http_json(f"{self.base_url}/readyz", timeout=2)
