@@ -70,6 +70,7 @@ class RayPlatform:
     dashboard_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    haproxy_ports: tuple[int, int] = field(default_factory=lambda: (free_port(), free_port()))
     # Ray's socket paths must stay short (AF_UNIX limit), so its temp dir is not under the pytest tmp tree.
     ray_tmp: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="hl-ray-")))
 
@@ -93,6 +94,9 @@ class RayPlatform:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "LANGFUSE_", "OTEL_"))}
         env.update(RAY_ENV)
         env["HYBRID_LLM_CACHE_DIR"] = str(REPO / ".cache")
+        # HAProxy's metrics and stats ports are fixed by default: two clusters on one machine would clash.
+        env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(self.haproxy_ports[0])
+        env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(self.haproxy_ports[1])
         env.update(self.env)
         return env
 
