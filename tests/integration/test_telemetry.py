@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.support.prometheus import ExpositionServer, PrometheusServer, all_expressions, rule_files
+from tests.support.ray_platform import METRICS_REPORT_INTERVAL_MS
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -213,10 +214,16 @@ def test_prometheus_totals_equal_what_clients_received_and_every_dashboard_query
             "prompt": sum(s.usage["prompt_tokens"] for s in sent),
         }
 
-        def matches() -> bool:
-            return all(_total(prom, q) - before[k] == pytest.approx(expected[k]) for k, q in queries.items())
+        deltas: dict[str, float] = {}
 
-        _wait(matches, timeout=90, what=f"Prometheus deltas equal to what clients received {expected}")
+        def matches() -> bool:
+            deltas.update({k: _total(prom, q) - before[k] for k, q in queries.items()})
+            return all(deltas[k] == pytest.approx(expected[k]) for k in queries)
+
+        try:
+            _wait(matches, timeout=90, what="Prometheus deltas equal to what clients received")
+        except AssertionError:
+            pytest.fail(f"Prometheus deltas {deltas} never equalled what the clients received {expected}")
         prom.wait_for_samples("ray_router_requests_total", samples=3, timeout=60)
 
         empty = []
@@ -231,12 +238,19 @@ def test_prometheus_totals_equal_what_clients_received_and_every_dashboard_query
 
 
 def _stable(prom: PrometheusServer, queries: dict[str, str]) -> dict[str, float]:
-    """Totals once two reads 3 s apart agree (Ray's metrics agent exports every few seconds)."""
-    previous = None
-    for _ in range(40):
+    """Totals once they have not moved for longer than two of Ray's metric exports.
+
+    A shorter quiet window can fall between two exports while increments from earlier tests are still on
+    their way, and then every later delta is off by them.
+    """
+    window = 2.5 * METRICS_REPORT_INTERVAL_MS / 1000
+    previous, since = None, time.monotonic()
+    deadline = since + 120
+    while time.monotonic() < deadline:
         current = {k: _total(prom, q) for k, q in queries.items()}
-        if current == previous:
+        if current != previous:
+            previous, since = current, time.monotonic()
+        elif time.monotonic() - since >= window:
             return current
-        previous = current
-        time.sleep(3)
-    raise AssertionError("router metrics never settled")
+        time.sleep(0.5)
+    raise AssertionError(f"router metrics never settled: last {previous}")
