@@ -6,6 +6,8 @@ Sides, interleaved request by request at c=1 and in alternating batches at c=16:
     router         POST /v1/chat/completions, model "cloud", through the Ray Serve proxy and the router
                    (telemetry on: OTLP + Langfuse exporting to loopback receivers, as deployed)
     router-notel   the same router app with telemetry off, at /notel in the same cluster
+    forwarder      bench/forwarder.py at /forwarder in the same cluster: a bare FastAPI + httpx forwarder under
+                   the same Serve ingress, i.e. what Ray Serve itself costs before the router does anything
     direct         POST /v1/messages straight to the stand-in (what the router itself sends upstream)
 
 Clients: raw httpx for every side (the same client code, so the difference is the router's), and the real
@@ -53,9 +55,9 @@ DIRECT_HEADERS = {
 }
 
 
-def _first_text(line: str, marker: str) -> bool:
+def _first_text(line: str) -> bool:
     """Whether an SSE data line carries non-empty text (OpenAI delta.content or Anthropic text_delta)."""
-    if not line.startswith("data: ") or marker not in line:
+    if not line.startswith("data: ") or ('"content"' not in line and '"text_delta"' not in line):
         return False
     event = json.loads(line[6:])
     if "choices" in event:
@@ -72,14 +74,13 @@ async def http_call(client: httpx.AsyncClient, url: str, body: dict[str, Any], h
         if response.status_code != 200:
             raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
         return {"total": time.perf_counter() - started}
-    marker = '"content"' if url.endswith("/chat/completions") else '"text_delta"'
     ttft = None
     async with client.stream("POST", url, content=json.dumps(body), headers=headers) as response:
         if response.status_code != 200:
             await response.aread()
             raise RuntimeError(f"{url}: {response.status_code} {response.text[:200]}")
         async for line in response.aiter_lines():
-            if ttft is None and _first_text(line, marker):
+            if ttft is None and _first_text(line):
                 ttft = time.perf_counter() - started
     if ttft is None:
         raise RuntimeError(f"{url}: the stream had no text")
@@ -128,6 +129,7 @@ async def measure(s: common.Session, *, quick: bool) -> dict[str, Any]:
     urls = {
         "router": s.router_url + "/v1/chat/completions",
         "router-notel": s.notel_url + "/v1/chat/completions",
+        "forwarder": s.forwarder_url + "/v1/chat/completions",
         "direct": s.standin_url + "/v1/messages",
     }
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
@@ -141,8 +143,8 @@ async def measure(s: common.Session, *, quick: bool) -> dict[str, Any]:
             mode = "stream" if stream else "json"
 
             def side(name: str, stream: bool = stream) -> common.Call:
-                body = router_body(stream) if name.startswith("router") else direct_body(stream)
-                headers = ROUTER_HEADERS if name.startswith("router") else DIRECT_HEADERS
+                body = direct_body(stream) if name == "direct" else router_body(stream)
+                headers = DIRECT_HEADERS if name == "direct" else ROUTER_HEADERS
                 return lambda: http_call(client, urls[name], body, headers)
 
             calls = {name: side(name) for name in urls}
@@ -150,7 +152,7 @@ async def measure(s: common.Session, *, quick: bool) -> dict[str, Any]:
             calls["direct-sdk"] = lambda stream=stream: anthropic_call(ant, stream)
             c1 = await common.interleaved(calls, concurrency=1, rounds=rounds_c1, warmup_rounds=20)
             out[f"c1_{mode}"] = {name: common.stats_of(v) for name, v in c1.items()}
-            c16_calls = {name: calls[name] for name in ("router", "direct")}
+            c16_calls = {name: calls[name] for name in ("router", "forwarder", "direct")}
             c16 = await common.interleaved(c16_calls, concurrency=16, rounds=rounds_c16, warmup_rounds=2)
             out[f"c16_{mode}"] = {name: common.stats_of(v) for name, v in c16.items()}
     return out
@@ -164,6 +166,7 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     targets = {
         "router": (s.router_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
         "router-notel": (s.notel_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
+        "forwarder": (s.forwarder_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
         "direct": (s.standin_url + "/v1/messages", direct_body(False), DIRECT_HEADERS),
     }
     order = list(targets) if quick else list(targets) + list(reversed(targets))
@@ -182,7 +185,7 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     for name, results in runs.items():
         best = max(results, key=lambda r: r["req_per_s"])
         out[name] = best | {"runs_req_per_s": [r["req_per_s"] for r in results]}
-        replica_cpu = best["cpu_ms_per_request"].get(name if name.startswith("router") else "standin")
+        replica_cpu = best["cpu_ms_per_request"].get("standin" if name == "direct" else name)
         if replica_cpu:  # one replica (or the stand-in) with a core of its own is bound by its CPU per request
             out[name]["cpu_bound_req_per_s"] = round(1000.0 / replica_cpu, 1)
     return out
@@ -228,6 +231,9 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
         added[f"{key} router-direct ({metric[:-3]})"] = _added(block["router"], block["direct"], metric)
         if "router-notel" in block:
             added[f"{key} notel-direct ({metric[:-3]})"] = _added(block["router-notel"], block["direct"], metric)
+        if "forwarder" in block:
+            added[f"{key} forwarder-direct ({metric[:-3]})"] = _added(block["forwarder"], block["direct"], metric)
+            added[f"{key} router-forwarder ({metric[:-3]})"] = _added(block["router"], block["forwarder"], metric)
         if "router-sdk" in block:
             added[f"{key} sdk router-direct ({metric[:-3]})"] = _added(block["router-sdk"], block["direct-sdk"], metric)
     data["added_ms"] = added

@@ -48,6 +48,7 @@ LANGFUSE_SECRET = "sk-lf-bench"
 CLOUD_MODEL = "claude-sonnet-4-6"
 ANTHROPIC_VERSION = "2023-06-01"
 NOTEL_PREFIX = "/notel"  # a second router application with telemetry off, in the same cluster
+FORWARDER_PREFIX = "/forwarder"  # bench/forwarder.py: a bare FastAPI forwarder, Ray Serve's floor
 
 Sample = dict[str, float]  # {"ttft": s, "total": s} (ttft absent for non-stream)
 
@@ -253,6 +254,7 @@ class BenchPlatform(RayPlatform):
     """RayPlatform plus a second router application (telemetry off) at NOTEL_PREFIX in the same cluster."""
 
     extra_routers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
+    extra_apps: list[dict[str, Any]] = field(default_factory=list)
 
     def write_config(self) -> Path:
         path = super().write_config()
@@ -263,6 +265,7 @@ class BenchPlatform(RayPlatform):
             app["name"], app["route_prefix"] = name, prefix
             _merge(app["args"], overrides)
             config["applications"].append(app)
+        config["applications"] += copy.deepcopy(self.extra_apps)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
@@ -287,6 +290,13 @@ def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
             target[key] = value
 
 
+FORWARDER_APP = {
+    "name": "forwarder",
+    "route_prefix": FORWARDER_PREFIX,
+    "import_path": "bench.forwarder:build",
+    "args": {"model": CLOUD_MODEL},
+    "deployments": [{"name": "Forwarder", "num_replicas": 1, "max_ongoing_requests": 256}],
+}
 TELEMETRY_OFF = {"telemetry": {"tracing": False, "langfuse": False}}
 
 
@@ -310,6 +320,10 @@ class Session:
     def notel_url(self) -> str:
         return self.platform.base_url + NOTEL_PREFIX
 
+    @property
+    def forwarder_url(self) -> str:
+        return self.platform.base_url + FORWARDER_PREFIX
+
 
 @contextlib.contextmanager
 def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True) -> Iterator[Session]:
@@ -332,6 +346,7 @@ def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True)
         "LANGFUSE_PUBLIC_KEY": LANGFUSE_PUBLIC,
         "LANGFUSE_SECRET_KEY": LANGFUSE_SECRET,
         "LANGFUSE_BASE_URL": receivers.langfuse_url,
+        "PYTHONPATH": str(REPO),  # the forwarder baseline is imported from bench/
     }
     if proxy == "haproxy":
         env["RAY_SERVE_ENABLE_HA_PROXY"] = "1"
@@ -341,6 +356,7 @@ def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True)
         env=env,
         overrides={"cloud": {"max_retries": 0, "timeout_s": 30}},
         extra_routers={"router-notel": (NOTEL_PREFIX, TELEMETRY_OFF)},
+        extra_apps=[FORWARDER_APP],
         apps=("llm", "router") if with_model else ("router",),
     )
     try:
@@ -467,6 +483,8 @@ def _group(cmdline: str) -> str:
         return "router-notel"
     if "ServeReplica:router:" in cmdline:
         return "router"
+    if "ServeReplica:forwarder:" in cmdline:
+        return "forwarder"
     if "ProxyActor" in cmdline:
         return "serve-proxy"
     if "haproxy" in cmdline:
