@@ -43,7 +43,6 @@ ARGS = RouterArgs.model_validate(
         "pricing": {
             "source": "bench",
             "as_of": "2026-11-30",
-            "gpu_usd_per_hour": 1.0,
             "models": {"claude-sonnet-4-6": {"input": 3, "output": 15, "cache_write": 3.75, "cache_read": 0.3}},
         },
         "telemetry": {"export_timeout_s": 1.0},

@@ -33,6 +33,8 @@ def build_llm_app(args: dict[str, Any]) -> Application:
     from ray.serve.llm import LLMConfig, build_llm_deployment
 
     from serve_app.engine import RouterLLMServer
+    from serve_app.telemetry.gpu import PRICE_KEY as GPU_PRICE_KEY
+    from serve_app.telemetry.gpu import WINDOW_KEY as GPU_WINDOW_KEY
 
     llm_config = LLMConfig(
         model_loading_config={"model_id": llm_args.model_id, "model_source": resolve_model_source(llm_args)},
@@ -40,7 +42,11 @@ def build_llm_app(args: dict[str, Any]) -> Application:
         accelerator_type=llm_args.accelerator_type,
         placement_group_config=llm_args.placement_group_config,
         deployment_config=dict(llm_args.deployment_config),
-        experimental_configs={"stream_batching_interval_ms": llm_args.stream_batching_interval_ms},
+        experimental_configs={
+            "stream_batching_interval_ms": llm_args.stream_batching_interval_ms,
+            GPU_PRICE_KEY: llm_args.gpu_usd_per_hour,
+            GPU_WINDOW_KEY: llm_args.gpu_window_s,
+        },
         runtime_env={"env_vars": dict(llm_args.env_vars)} if llm_args.env_vars else None,
         log_engine_metrics=True,
     )

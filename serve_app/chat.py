@@ -123,7 +123,10 @@ class ChatService:
                     reason=decision.reason,
                     fallback=decision.reason.startswith("fallback_"),
                 )
-                chunks = observation.observe(backend.stream(request, model=decision.model, request_id=request_id))
+                fail_fast = decision.fallback_backend is not None  # set only when that backend was ready
+                chunks = observation.observe(
+                    backend.stream(request, model=decision.model, request_id=request_id, fail_fast=fail_fast)
+                )
                 try:
                     try:
                         first = await anext(chunks)

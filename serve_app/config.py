@@ -106,8 +106,16 @@ class PricingArgs(_Args):
     source: str = Field(description="Where the prices come from.")
     as_of: str = Field(description="Date the prices were checked (YYYY-MM-DD).")
     models: dict[str, ModelPrice] = Field(description="Anthropic model id -> price.")
-    gpu_usd_per_hour: float = Field(default=0.0, ge=0, description="Price of one local replica's GPU per hour.")
-    gpu_window_s: float = Field(default=300.0, gt=0, description="Window over which GPU cost is spread over tokens.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _gpu_price_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ({"gpu_usd_per_hour", "gpu_window_s"} & data.keys()):
+            raise ValueError(
+                "gpu_usd_per_hour and gpu_window_s belong to the llm application's args now (each model replica "
+                "accounts for its own GPU, whatever the number of routers); remove them from the router's pricing"
+            )
+        return data
 
 
 class TelemetryArgs(_Args):
@@ -167,3 +175,7 @@ class LLMAppArgs(_Args):
         default=0.0, ge=0, description="LLMServer chunk batching; 0 sends every chunk at once (lowest TTFT)."
     )
     env_vars: dict[str, str] = Field(default_factory=dict, description="Non-secret env of the engine replica.")
+    gpu_usd_per_hour: float = Field(
+        default=0.0, ge=0, description="Price of one model replica's GPU per hour; 0 turns local cost off."
+    )
+    gpu_window_s: float = Field(default=300.0, gt=0, description="Window over which GPU time is spread over tokens.")

@@ -7,16 +7,41 @@ model replica, and yields flat SSE strings. Only the model replica and `build_ll
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
+from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
 
+from serve_app.telemetry.gpu import GpuLedger, tokens_in_last_usage, trailer_event
+from serve_app.telemetry.metrics import RayMetricsSink, RouterMetrics
+
+logger = logging.getLogger(__name__)
+
+_SPEND_PERIOD_S = 5.0
+
 
 class RouterLLMServer(LLMServer):
-    """LLMServer reachable through a DeploymentHandle with JSON-ready arguments only."""
+    """LLMServer reachable through a DeploymentHandle with JSON-ready arguments only, keeping its GPU ledger."""
+
+    async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:
+        await super().__init__(llm_config, **kwargs)
+        metrics = RouterMetrics(RayMetricsSink(), models=())
+        self._ledger = GpuLedger.from_experimental(dict(llm_config.experimental_configs or {}), metrics)
+        self._spend_task = None
+        if self._ledger is not None:
+            self._spend_task = asyncio.get_running_loop().create_task(self._publish_spend(self._ledger))
+
+    @staticmethod
+    async def _publish_spend(ledger: GpuLedger) -> None:
+        """Keeps the spend gauges current while idle too: idle GPU time is spend nobody's request paid for."""
+        while True:
+            ledger.publish()
+            await asyncio.sleep(_SPEND_PERIOD_S)
 
     async def chat_json(self, body: dict[str, Any]) -> AsyncGenerator[str, None]:
         """Streams a chat completion for `body` (must have stream=true) as SSE `data:` strings.
@@ -29,11 +54,27 @@ class RouterLLMServer(LLMServer):
         except ValueError as exc:
             yield _error_event(str(exc), "invalid_request_error", 400)
             return
-        results = await self.chat(request)
-        async for item in results:
-            # One handle item per LLMServer batch (stream_batching_interval_ms), not one per token: each
-            # streamed item costs a Ray round of its own, and the router parses several events per string.
-            yield "".join(_event(entry) for entry in (item if isinstance(item, list) else [item]))
+        ledger = self._ledger
+        started = ledger.now() if ledger is not None else 0.0
+        usage_text = ""
+        completed = False
+        rate: float | None = None
+        try:
+            results = await self.chat(request)
+            async for item in results:
+                # One handle item per LLMServer batch (stream_batching_interval_ms), not one per token: each
+                # streamed item costs a Ray round of its own, and the router parses several events per string.
+                text = "".join(_event(entry) for entry in (item if isinstance(item, list) else [item]))
+                if '"usage"' in text:  # cumulative on every chunk; `[DONE]` comes as an item of its own
+                    usage_text = text
+                yield text
+            completed = True
+        finally:
+            # Busy time counts however the stream ended; usage is cumulative, so the last chunk has the total.
+            if ledger is not None:
+                rate = ledger.served(started=started, tokens=tokens_in_last_usage(usage_text))
+        if completed and ledger is not None:
+            yield trailer_event(rate)
 
 
 def _event(entry: object) -> str:

@@ -290,8 +290,9 @@ class RouterDeployment:
 
     async def __init__(self, args: RouterArgs) -> None:
         self._args = args
-        telemetry = Telemetry.from_args(args)
-        backends: dict[str, Any] = {"local": LocalBackend(args.local, args.routing)}
+        local = LocalBackend(args.local, args.routing)
+        telemetry = Telemetry.from_args(args, local_rate=local.usd_per_token)
+        backends: dict[str, Any] = {"local": local}
         if args.cloud.enabled:
             from serve_app.backends.anthropic import AnthropicBackend
 

@@ -181,3 +181,8 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+# The model replica appends one event with this key to every finished stream: its GPU's amortised USD per
+# token (serve_app.telemetry.gpu). The router reads it and never forwards it to a client.
+LOCAL_COST_KEY = "hybrid_llm_gpu"

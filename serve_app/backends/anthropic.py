@@ -164,6 +164,8 @@ class AnthropicBackend:
                 open_telemetry=False,  # the router's span is the one span (and Langfuse generation) per request
             )
         self._client = client
+        # Shares the connection pool; used when another backend can take the request right away.
+        self._no_retry_client = client.with_options(max_retries=0) if client is not None else None
 
     def state(self) -> BackendState:
         if self._client is None:
@@ -173,13 +175,16 @@ class AnthropicBackend:
         return BackendState(ready=True, detail="anthropic")
 
     async def stream(
-        self, request: ChatCompletionRequest, *, model: str, request_id: str
+        self, request: ChatCompletionRequest, *, model: str, request_id: str, fail_fast: bool = False
     ) -> AsyncIterator[dict[str, Any]]:
+        """Streams the answer; with `fail_fast` (a local fallback is ready) the SDK does not retry, so a 429 or
+        529 hands the request to the local model at once instead of after the SDK's backoff."""
         if self._client is None:
             raise UpstreamAuthFailed("no Anthropic API key configured", backend=BACKEND)
         call = to_anthropic_request(request, model=model, default_max_tokens=self._args.default_max_tokens)
         state = new_stream_state(completion_id=f"chatcmpl-{request_id}", model=model, created=int(time.time()))
-        create = self._client.messages.with_streaming_response.create
+        client = self._no_retry_client if fail_fast and self._no_retry_client is not None else self._client
+        create = client.messages.with_streaming_response.create
         with map_anthropic_errors(backend=BACKEND, secret=self._key):
             # `async with` closes the upstream response however this generator ends (aclose, cancel, error)
             async with create(**call.params, stream=True) as response:

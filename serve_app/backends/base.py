@@ -38,8 +38,13 @@ class Backend(Protocol):
         """Readiness and load, answered from memory in microseconds."""
         ...
 
-    def stream(self, request: ChatCompletionRequest, *, model: str, request_id: str) -> AsyncIterator[dict[str, Any]]:
-        """Chunks for `request` sent to `model`; see the module docstring for the contract."""
+    def stream(
+        self, request: ChatCompletionRequest, *, model: str, request_id: str, fail_fast: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Chunks for `request` sent to `model`; see the module docstring for the contract.
+
+        `fail_fast`: another backend is ready to take the request, so fail at once instead of retrying.
+        """
         ...
 
     async def aclose(self) -> None:

@@ -2,7 +2,8 @@
 
 Readiness is read from the handle's own replica set (microseconds, no controller round trip), which drops
 to zero within milliseconds of a replica dying and comes back the moment a new one is ready. Every call is
-bounded: the first chunk within `first_chunk_timeout_s`, each later one within `chunk_timeout_s`.
+bounded: the first chunk within `first_chunk_timeout_s`, each later one within `chunk_timeout_s`. The model
+replica ends each stream with its GPU's amortised USD per token (`LOCAL_COST_KEY`), kept here for pricing.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from serve_app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from serve_app.protocol import ChatCompletionRequest
+from serve_app.protocol import LOCAL_COST_KEY, ChatCompletionRequest
 from serve_app.sse import iter_data
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class LocalBackend:
         self._policy = policy
         self.model_ids = [args.model_id]
         self._inflight = 0
+        self._usd_per_token: float | None = None
         # By name and unchecked: the model application may not exist yet while the router starts, and the
         # router must come up (serving cloud traffic) anyway. Pinned to Ray 2.60 like the replica-set read.
         handle = handle or serve.get_deployment_handle(
@@ -59,6 +61,10 @@ class LocalBackend:
             detail=f"{replicas} running replica(s)" if replicas else "no running replica (loading or restarting)",
         )
 
+    def usd_per_token(self) -> float | None:
+        """The local GPU's amortised USD per token as the model replica last reported it; None before that."""
+        return self._usd_per_token
+
     def _replica_count(self) -> int:
         try:  # private path, pinned to Ray 2.60 (see tests/integration); the public fallback never resets
             return len(self._handle._router._asyncio_router.request_router.curr_replicas)
@@ -66,8 +72,8 @@ class LocalBackend:
             return 1 if self._handle.running_replicas_populated() else 0
 
     async def stream(
-        self, request: ChatCompletionRequest, *, model: str, request_id: str
-    ) -> AsyncIterator[dict[str, Any]]:
+        self, request: ChatCompletionRequest, *, model: str, request_id: str, fail_fast: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:  # no retries here, so failing fast is the only way it fails
         body = self._engine_body(request, model)
         self._inflight += 1
         response = self._stream_handle.remote(body)
@@ -86,6 +92,9 @@ class LocalBackend:
                 for payload in iter_data(text):
                     if "error" in payload:
                         raise _engine_error(payload["error"])
+                    if LOCAL_COST_KEY in payload:
+                        self._usd_per_token = _rate(payload[LOCAL_COST_KEY])
+                        continue
                     yield payload
         except TimeoutError as exc:
             raise UpstreamTimeout(f"the local model sent nothing for {timeout:g}s", backend="local") from exc
@@ -114,6 +123,11 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+def _rate(report: object) -> float | None:
+    rate = report.get("usd_per_token") if isinstance(report, dict) else None
+    return float(rate) if isinstance(rate, int | float) and rate >= 0 else None
 
 
 def _engine_error(error: dict[str, Any]) -> UpstreamError:

@@ -184,7 +184,7 @@ class Observation:
         self._finished = True
         now = self._tel.clock()
         usage, estimated = self._final_usage()
-        cost = self._settle_cost(usage, now)
+        cost = self._settle_cost(usage)
         self._usage = usage
         ttft = None if self._first_token_at is None else self._first_token_at - self._started
         try:
@@ -219,12 +219,10 @@ class Observation:
             return self._usage, False
         return Usage(input=self._prompt_tokens_estimated, output=self._content_chunks), True
 
-    def _settle_cost(self, usage: Usage, now: float) -> RequestCost | None:
+    def _settle_cost(self, usage: Usage) -> RequestCost | None:
         if self._backend is None or self._model is None:
             return None
         try:
-            if self._backend == "local" and usage.total_tokens > 0:
-                self._tel.record_local(now=now, tokens=usage.total_tokens, busy_from=self._routed_at)
             self._cost = self._tel.price(backend=self._backend, model=self._model, usage=usage)
         except Exception:
             self._tel.metrics.dropped_items("span")

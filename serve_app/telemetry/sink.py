@@ -1,4 +1,4 @@
-"""The router replica's telemetry: one TracerProvider, metrics, Langfuse and the local GPU window per process.
+"""The router replica's telemetry: one TracerProvider, metrics, Langfuse and request cost per process.
 
 Built once in the deployment's `__init__`; hands out one `Observation` per request. Exporters run in
 background threads behind bounded queues, so a telemetry backend that is down or hanging never reaches the
@@ -11,7 +11,6 @@ import atexit
 import json
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -21,7 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
 from serve_app.config import RouterArgs
-from serve_app.telemetry.cost import LocalUsageWindow, RequestCost, request_cost
+from serve_app.telemetry.cost import RequestCost, request_cost
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
 from serve_app.telemetry.observation import Observation
@@ -57,6 +56,7 @@ class Telemetry:
         otlp_accounting: ExportAccounting | None = None,
         langfuse_accounting: ExportAccounting | None = None,
         shutdown_timeout_s: float = 2.0,
+        local_rate: Callable[[], float | None] | None = None,
     ) -> None:
         self.args = args
         self.provider = provider
@@ -69,11 +69,8 @@ class Telemetry:
         self._owns_provider = owns_provider
         self._tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
         self._prices = dict(args.pricing.models) if args.pricing else {}
-        self._gpu_usd_per_hour = args.pricing.gpu_usd_per_hour if args.pricing else None
         self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
-        window_s = args.pricing.gpu_window_s if args.pricing else 300.0
-        self._window = LocalUsageWindow(window_s=window_s, origin=clock())
-        self._window_lock = threading.Lock()
+        self._local_rate = local_rate
         self._shutdown_timeout_s = shutdown_timeout_s
         self._shut = False
         atexit.register(self.shutdown)
@@ -89,10 +86,13 @@ class Telemetry:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
         shutdown_timeout_s: float = 2.0,
+        local_rate: Callable[[], float | None] | None = None,
     ) -> Telemetry:
         """Builds the process's telemetry. A given `tracer_provider` is used as is (the caller owns its
         processors and shutdown); otherwise one is built with an OTLP exporter when the OTel endpoint variables
-        are set. Langfuse is built from its key variables unless a client is given (or `langfuse=False`)."""
+        are set. Langfuse is built from its key variables unless a client is given (or `langfuse=False`).
+        `local_rate` gives the local GPU's current USD per token (the model replica reports it); without it
+        local requests have no cost."""
         env = os.environ if environ is None else environ
         models = {args.local.model_id, *args.cloud.model_ids, *_ALIASES}
         metrics = RouterMetrics(meter if meter is not None else RayMetricsSink(), models=models)
@@ -131,6 +131,7 @@ class Telemetry:
             otlp_accounting=accounting,
             langfuse_accounting=langfuse_accounting,
             shutdown_timeout_s=shutdown_timeout_s,
+            local_rate=local_rate,
         )
 
     # ---- per request ----------------------------------------------------------------------------------------
@@ -227,17 +228,13 @@ class Telemetry:
 
     # ---- cost -----------------------------------------------------------------------------------------------
 
-    def record_local(self, *, now: float, tokens: int, busy_from: float | None) -> None:
-        """Feeds the local GPU window with a finished local request and refreshes the GPU spend gauges."""
-        with self._window_lock:
-            self._window = self._window.add(now=now, tokens=tokens, busy_from=busy_from)
-        self._publish_gpu_spend(now)
-
     def price(self, *, backend: str, model: str, usage: Any) -> RequestCost:
-        now = self.clock()
         rate = None
-        if self._gpu_usd_per_hour is not None:
-            rate = self._window.usd_per_token(now=now, gpu_usd_per_hour=self._gpu_usd_per_hour)
+        if self._local_rate is not None:
+            try:
+                rate = self._local_rate()
+            except Exception:
+                self.metrics.dropped_items("span")
         return request_cost(
             backend=backend,
             model=model,
@@ -247,23 +244,11 @@ class Telemetry:
             local_usd_per_token=rate,
         )
 
-    def _publish_gpu_spend(self, now: float) -> None:
-        if self._gpu_usd_per_hour is None:
-            return
-        spend = self._window.spend(now=now, gpu_usd_per_hour=self._gpu_usd_per_hour)
-        self.metrics.gpu_spend(
-            allocated_usd_per_hour=spend.allocated_usd_per_hour, idle_usd_per_hour=spend.idle_usd_per_hour
-        )
-
     # ---- state and lifecycle --------------------------------------------------------------------------------
 
     def set_backend_state(self, backend: str, *, ready: bool, inflight: int) -> None:
-        """Gauges router_backend_ready / router_inflight_requests; also refreshes the GPU spend gauges."""
+        """Gauges router_backend_ready / router_inflight_requests."""
         self.metrics.backend_state(backend=backend, ready=ready, inflight=inflight)
-        try:
-            self._publish_gpu_spend(self.clock())
-        except Exception:
-            self.metrics.dropped_items("metrics")
 
     def shutdown(self) -> None:
         """Flushes and stops exporters, waiting at most `shutdown_timeout_s`; idempotent, never hangs."""

@@ -53,6 +53,7 @@ class Call:
     request: ChatCompletionRequest
     model: str
     request_id: str
+    fail_fast: bool = False
 
 
 class FakeStream:
@@ -111,8 +112,10 @@ class FakeBackend:
     def state(self) -> BackendState:
         return BackendState(ready=self.ready, inflight=self.inflight, detail=self.detail)
 
-    def stream(self, request: ChatCompletionRequest, *, model: str, request_id: str) -> AsyncIterator[dict[str, Any]]:
-        self.calls.append(Call(request=request, model=model, request_id=request_id))
+    def stream(
+        self, request: ChatCompletionRequest, *, model: str, request_id: str, fail_fast: bool = False
+    ) -> AsyncIterator[dict[str, Any]]:
+        self.calls.append(Call(request=request, model=model, request_id=request_id, fail_fast=fail_fast))
         steps = self.scripts.popleft() if self.scripts else self.default_reply(model)
         stream = FakeStream(steps)
         self.streams.append(stream)
@@ -149,7 +152,6 @@ def router_args(**overrides: Any) -> RouterArgs:
         "pricing": {
             "source": "test",
             "as_of": "2026-11-30",
-            "gpu_usd_per_hour": 1.0,
             "models": {"claude-sonnet-4-6": PRICE, "claude-haiku-4-5": PRICE},
         },
         "max_request_bytes": 4096,

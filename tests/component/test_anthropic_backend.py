@@ -144,6 +144,18 @@ async def test_anthropic_backend_retries_honour_max_retries(standin, backend_for
     assert len(standin.requests) - before == 2
 
 
+async def test_anthropic_backend_fail_fast_skips_the_sdk_retries(standin, backend_for):
+    backend = backend_for(max_retries=2)
+    before = len(standin.requests)
+    with pytest.raises(UpstreamRateLimited):
+        request = _request("hi #scenario=rate_limit_once")
+        [chunk async for chunk in backend.stream(request, model=MODEL, request_id="r1", fail_fast=True)]
+    assert len(standin.requests) - before == 1  # one attempt: a ready fallback answers instead of a backoff
+    chunks = await _collect(backend, _request("hi #scenario=rate_limit_once"))
+    assert _text(chunks) == "You sent 1 words."  # and the same backend still retries when asked to
+    assert len(standin.requests) - before == 3
+
+
 async def test_anthropic_backend_overloaded(backend_for):
     with pytest.raises(UpstreamOverloaded) as info:
         await _collect(backend_for(), _request("hi #scenario=overloaded"))

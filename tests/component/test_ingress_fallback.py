@@ -110,6 +110,16 @@ async def test_fallback_cloud_error_local_answers(make_router, local, cloud):
     assert response.status_code == 200
     assert route_of(response) == ("local", "fallback_cloud_error")
     assert response.json()["model"] == "local-model"
+    assert cloud.calls[0].fail_fast is True  # the ready local model takes it: no waiting on SDK retries
+
+
+async def test_cloud_keeps_its_retries_when_nothing_could_take_over(make_router, local, cloud):
+    args = router_args(routing={"rules": [{"name": "everything", "backend": "cloud"}]})
+    client = make_router(local=local, cloud=cloud, args=args).client()
+    local.ready = False
+    assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 200
+    assert (await client.post("/v1/chat/completions", json=chat_body(model="cloud"))).status_code == 200
+    assert [call.fail_fast for call in cloud.calls] == [False, False]
 
 
 async def test_fallback_only_once_then_the_second_error_is_returned(router, client, local, cloud):

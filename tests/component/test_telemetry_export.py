@@ -22,6 +22,7 @@ from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
 
 EPS = 1e-9
 SONNET = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}
+LOCAL_USD_PER_TOKEN = 4e-6  # what a model replica's GPU ledger would report
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 
@@ -32,7 +33,6 @@ def router_args(**telemetry: Any) -> RouterArgs:
             "pricing": {
                 "source": "test",
                 "as_of": "2026-11-30",
-                "gpu_usd_per_hour": 2.0,
                 "models": {"claude-sonnet-4-6": SONNET},
             },
             "telemetry": {"environment": "test", "export_timeout_s": 1.0, **telemetry},
@@ -178,7 +178,9 @@ async def test_one_langfuse_generation_per_observation_with_exact_usage_and_cost
     secret = "sk-lf-test"
     with OtlpHttpReceiver() as tempo, LangfuseStandin(public_key=f"pk-lf-{uuid.uuid4().hex}", secret_key=secret) as lf:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url, **langfuse_env(lf, secret)}
-        telemetry = Telemetry.from_args(router_args(), meter=InMemoryMetricsSink(), environ=env)
+        telemetry = Telemetry.from_args(
+            router_args(), meter=InMemoryMetricsSink(), environ=env, local_rate=lambda: LOCAL_USD_PER_TOKEN
+        )
         assert telemetry.langfuse is not None
         usages = {
             f"cloud-{i}": {
@@ -244,7 +246,8 @@ async def test_one_langfuse_generation_per_observation_with_exact_usage_and_cost
     assert LangfuseStandin.cost_details(cancelled)["total"] == pytest.approx((120 * 3.0 + 2 * 15.0) / 1e6, abs=EPS)
     local = generations["local-0"]
     assert local.attributes["gen_ai.provider.name"] == "vllm"
-    assert LangfuseStandin.cost_details(local)["total"] == pytest.approx(local.attributes["llm.cost_usd"], abs=EPS)
+    assert LangfuseStandin.cost_details(local)["total"] == pytest.approx(250 * LOCAL_USD_PER_TOKEN, abs=EPS)
+    assert local.attributes["llm.cost_usd"] == pytest.approx(250 * LOCAL_USD_PER_TOKEN, abs=EPS)
     assert local.attributes["llm.counterfactual_cost_usd"] == pytest.approx((200 * 3.0 + 50 * 15.0) / 1e6, abs=EPS)
 
 

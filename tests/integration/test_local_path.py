@@ -10,8 +10,9 @@ import pytest
 import yaml
 from transformers import AutoTokenizer
 
+from serve_app.protocol import LOCAL_COST_KEY
 from serve_app.smoke_model import default_smoke_model_dir
-from tests.support.ray_platform import BIN
+from tests.support.ray_platform import BIN, LOCAL_CONFIG
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Say hello to the router."}]
 
@@ -64,6 +65,24 @@ def test_local_stream_with_include_usage_ends_with_usage_chunk(platform, tokeniz
     assert len(finish) == 1
     if finish[0] == "length":
         assert final.usage.completion_tokens == 10
+
+
+def test_local_cost_comes_from_the_model_replica_and_its_trailer_never_reaches_the_client(platform):
+    llm_args = next(a for a in yaml.safe_load(LOCAL_CONFIG.read_text())["applications"] if a["name"] == "llm")["args"]
+    body = {"model": "local", "messages": MESSAGES, "max_tokens": 6, "stream": True}
+    body["stream_options"] = {"include_usage": True}
+    headers = {"Authorization": f"Bearer {platform.api_key}"}
+    costs = []
+    for _ in range(2):
+        with httpx.stream("POST", f"{platform.base_url}/v1/chat/completions", json=body, headers=headers) as response:
+            text = response.read().decode()
+        assert LOCAL_COST_KEY not in text  # the model replica's ledger report is for the router only
+        events = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: {")]
+        usage = events[-1]["usage"]
+        costs.append(usage["cost_usd"] / usage["total_tokens"])
+    # Busy GPU time over the tokens served: positive, and never more than the whole window's price.
+    window_price = llm_args["gpu_usd_per_hour"] * llm_args["gpu_window_s"] / 3600
+    assert all(0 < rate < window_price for rate in costs), costs
 
 
 def test_local_stream_without_include_usage_has_no_usage(platform):

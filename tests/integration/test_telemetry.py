@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 
 import httpx
 import pytest
+import yaml
 
 from tests.support.prometheus import ExpositionServer, PrometheusServer, all_expressions, rule_files
-from tests.support.ray_platform import METRICS_REPORT_INTERVAL_MS
+from tests.support.ray_platform import LOCAL_CONFIG, METRICS_REPORT_INTERVAL_MS
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
@@ -225,6 +226,13 @@ def test_prometheus_totals_equal_what_clients_received_and_every_dashboard_query
         except AssertionError:
             pytest.fail(f"Prometheus deltas {deltas} never equalled what the clients received {expected}")
         prom.wait_for_samples("ray_router_requests_total", samples=3, timeout=60)
+
+        # GPU spend comes from the model replica's own ledger, once per GPU, and splits its whole price.
+        spend = prom.query("ray_router_gpu_cost_usd_per_hour")
+        assert {r["metric"].get("application") for r in spend} == {"llm"}, spend
+        assert {r["metric"]["kind"] for r in spend} == {"allocated", "idle"}
+        price = next(a for a in yaml.safe_load(LOCAL_CONFIG.read_text())["applications"] if a["name"] == "llm")
+        assert sum(float(r["value"][1]) for r in spend) == pytest.approx(price["args"]["gpu_usd_per_hour"])
 
         empty = []
         for expression in all_expressions():

@@ -30,8 +30,18 @@ class Clock:
         return self.t
 
 
+class LocalRate:
+    """What the model replica last reported as its GPU's USD per token (LocalBackend.usd_per_token)."""
+
+    def __init__(self, value: float | None) -> None:
+        self.value = value
+
+    def __call__(self) -> float | None:
+        return self.value
+
+
 def make(
-    capture_content: bool = False, gpu_usd_per_hour: float = 3.6
+    capture_content: bool = False, local_rate: LocalRate | None = None
 ) -> tuple[Telemetry, InMemorySpanExporter, InMemoryMetricsSink, Clock]:
     args = RouterArgs.model_validate(
         {
@@ -39,8 +49,6 @@ def make(
             "pricing": {
                 "source": "test",
                 "as_of": "2026-11-30",
-                "gpu_usd_per_hour": gpu_usd_per_hour,
-                "gpu_window_s": 300,
                 "models": {"claude-sonnet-4-6": SONNET},
             },
             "telemetry": {"capture_content": capture_content},
@@ -51,7 +59,9 @@ def make(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     sink = InMemoryMetricsSink()
     clock = Clock()
-    telemetry = Telemetry.from_args(args, tracer_provider=provider, meter=sink, langfuse=False, clock=clock, environ={})
+    telemetry = Telemetry.from_args(
+        args, tracer_provider=provider, meter=sink, langfuse=False, clock=clock, environ={}, local_rate=local_rate
+    )
     return telemetry, exporter, sink, clock
 
 
@@ -272,8 +282,9 @@ async def test_observation_fallback_counts_once_and_cost_follows_the_answering_b
     assert a["llm.cost_usd"] == pytest.approx((10 * 3.0 + 15.0) / 1e6, abs=EPS)
 
 
-async def test_observation_local_cost_is_amortised_and_cloud_counterfactual_recorded() -> None:
-    telemetry, exporter, sink, clock = make(gpu_usd_per_hour=3.6)
+async def test_observation_local_cost_uses_the_reported_gpu_rate_and_cloud_counterfactual_recorded() -> None:
+    rate = LocalRate(5e-6)  # USD per token, as the model replica's GPU ledger last reported it
+    telemetry, exporter, sink, clock = make(local_rate=rate)
     obs = begin(telemetry)
     obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
     chunks = [
@@ -284,20 +295,16 @@ async def test_observation_local_cost_is_amortised_and_cloud_counterfactual_reco
         pass
     obs.finish(outcome="ok")
     a = exporter.get_finished_spans()[0].attributes
-    # busy 2 s of a 3.60 USD/h GPU = 0.002 USD over the 400 tokens served in the window
-    assert a["llm.cost_usd"] == pytest.approx(0.002, abs=EPS)
-    assert json.loads(a["langfuse.observation.cost_details"])["input"] == pytest.approx(0.0015, abs=EPS)
+    assert a["llm.cost_usd"] == pytest.approx(400 * 5e-6, abs=EPS)
+    assert json.loads(a["langfuse.observation.cost_details"])["input"] == pytest.approx(300 * 5e-6, abs=EPS)
     assert a["llm.counterfactual_cost_usd"] == pytest.approx((300 * 3.0 + 100 * 15.0) / 1e6, abs=EPS)
     assert sink.counter("router_counterfactual_cost_usd", backend="local", model="local-model") == pytest.approx(
         0.0024, abs=EPS
     )
-    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="allocated") == pytest.approx(3.6)  # busy since origin
-    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="idle") == pytest.approx(0.0)
+    assert sink.counter("router_cost_usd", backend="local", model="local-model") == pytest.approx(0.002, abs=EPS)
 
-    # a later cloud request's counterfactual uses the local rate
-    clock.t += 8.0
-    telemetry.set_backend_state("local", ready=True, inflight=0)
-    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="idle") == pytest.approx(3.6 * 0.8)
+    # a later cloud request's counterfactual uses the rate reported by then
+    rate.value = 2e-6
     obs2 = begin(telemetry, request_id="req-2")
     obs2.routed(
         backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
@@ -306,7 +313,18 @@ async def test_observation_local_cost_is_amortised_and_cloud_counterfactual_reco
         pass
     obs2.finish(outcome="ok")
     a2 = exporter.get_finished_spans()[1].attributes
-    assert a2["llm.counterfactual_cost_usd"] == pytest.approx(50 * 0.002 / 400, abs=EPS)
+    assert a2["llm.counterfactual_cost_usd"] == pytest.approx(50 * 2e-6, abs=EPS)
+
+
+async def test_observation_local_cost_is_unknown_until_the_model_replica_reports_a_rate() -> None:
+    telemetry, exporter, _, clock = make(local_rate=LocalRate(None))
+    obs = begin(telemetry)
+    obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
+    async for _ in obs.observe(stream([chunk("x", usage={"prompt_tokens": 3, "completion_tokens": 1})], clock)):
+        pass
+    obs.finish(outcome="ok")
+    assert obs.cost_usd is None
+    assert "llm.cost_usd" not in exporter.get_finished_spans()[0].attributes
 
 
 async def test_observation_without_reported_usage_estimates_and_flags_it() -> None:
