@@ -59,10 +59,22 @@ def require_binary(name: str) -> str:
     return path
 
 
+_ISSUED: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port never handed out before by this process.
+
+    The kernel may offer a port again as soon as the probe socket closes; a cluster asks for seven at once
+    (GCS, dashboard, agents, ...), and two equal ones make `ray start` fail.
+    """
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _ISSUED:
+            _ISSUED.add(port)
+            return port
 
 
 # ---------------------------------------------------------------------------------------------- expressions
