@@ -265,7 +265,10 @@ class BenchPlatform(RayPlatform):
             app["name"], app["route_prefix"] = name, prefix
             _merge(app["args"], overrides)
             config["applications"].append(app)
-        config["applications"] += copy.deepcopy(self.extra_apps)
+        for extra in copy.deepcopy(self.extra_apps):
+            if "runtime_env" in base:  # the same Serve settings as the router, so the floor is comparable
+                extra.setdefault("runtime_env", copy.deepcopy(base["runtime_env"]))
+            config["applications"].append(extra)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
 
