@@ -56,25 +56,38 @@ class RouterLLMServer(LLMServer):
             return
         ledger = self._ledger
         started = ledger.now() if ledger is not None else 0.0
-        usage_text = ""
+        usage_text, done = "", ""
         completed = False
-        rate: float | None = None
         try:
             results = await self.chat(request)
             async for item in results:
                 # One handle item per LLMServer batch (stream_batching_interval_ms), not one per token: each
                 # streamed item costs a Ray round of its own, and the router parses several events per string.
                 text = "".join(_event(entry) for entry in (item if isinstance(item, list) else [item]))
-                if '"usage"' in text:  # cumulative on every chunk; `[DONE]` comes as an item of its own
+                if '"usage"' in text:  # cumulative on every chunk
                     usage_text = text
+                if ledger is not None and text.endswith(_DONE):
+                    done = text  # held back: the ledger's trailer travels in the same item, no extra round
+                    continue
                 yield text
             completed = True
         finally:
-            # Busy time counts however the stream ended; usage is cumulative, so the last chunk has the total.
-            if ledger is not None:
-                rate = ledger.served(started=started, tokens=tokens_in_last_usage(usage_text))
+            rate = self._settle(started, usage_text)
         if completed and ledger is not None:
-            yield trailer_event(rate)
+            yield trailer_event(rate) + done
+
+    def _settle(self, started: float, usage_text: str) -> float | None:
+        """Books the request in the GPU ledger (busy time counts however the stream ended); never raises."""
+        if self._ledger is None:
+            return None
+        try:
+            return self._ledger.served(started=started, tokens=tokens_in_last_usage(usage_text))
+        except Exception:
+            logger.warning("GPU ledger update failed; this request's local cost is unknown", exc_info=True)
+            return None
+
+
+_DONE = "data: [DONE]\n\n"
 
 
 def _event(entry: object) -> str:

@@ -96,8 +96,14 @@ def decide(*, route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs)
             )
         wanted, reason = "local", RouteReason.CLOUD_UNAVAILABLE.value
     if wanted == "cloud":
-        # A cloud request falls back to local only where local could take it.
-        can_fall_back = policy.fallback and route.local_ready and reason not in _LOCAL_UNSUITABLE
+        # A cloud request falls back to local only where local could take it, whichever rule sent it to the
+        # cloud: a rule never makes an image or an over-long prompt something the local model can answer.
+        can_fall_back = (
+            policy.fallback
+            and route.local_ready
+            and reason not in _LOCAL_UNSUITABLE
+            and _local_unsuitable(route, policy, local) is None
+        )
         return RouteDecision(
             "cloud",
             cloud_default,
@@ -129,18 +135,26 @@ def _auto_preference(route: RouteInput, policy: RoutingPolicy, local: LocalBacke
     for rule in policy.rules:
         if _matches(rule, route):
             return rule.backend, f"rule_{rule.name}"
+    unsuitable = _local_unsuitable(route, policy, local)
+    if unsuitable is not None:
+        return "cloud", unsuitable
+    return "local", RouteReason.POLICY_LOCAL.value
+
+
+def _local_unsuitable(route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs) -> str | None:
+    """Why the local model cannot take this request (images, tools, too long), or None if it can."""
     if route.has_images and policy.images_go_cloud:
-        return "cloud", RouteReason.HAS_IMAGES.value
+        return RouteReason.HAS_IMAGES.value
     if route.has_tools and not policy.local_tools:
-        return "cloud", RouteReason.HAS_TOOLS.value
+        return RouteReason.HAS_TOOLS.value
     max_output = policy.max_local_output_tokens or max(1, local.context_window // 2)
     output = route.output_tokens if route.output_tokens is not None else policy.default_local_output_tokens
     if route.output_tokens is not None and route.output_tokens > max_output:
-        return "cloud", RouteReason.OUTPUT_TOO_LONG.value
+        return RouteReason.OUTPUT_TOO_LONG.value
     max_prompt = policy.max_local_prompt_tokens or max(1, local.context_window - min(output, max_output))
     if route.prompt_tokens > max_prompt:
-        return "cloud", RouteReason.PROMPT_TOO_LONG.value
-    return "local", RouteReason.POLICY_LOCAL.value
+        return RouteReason.PROMPT_TOO_LONG.value
+    return None
 
 
 def _matches(rule: RoutingRule, route: RouteInput) -> bool:

@@ -93,7 +93,8 @@ class LocalBackend:
                     if "error" in payload:
                         raise _engine_error(payload["error"])
                     if LOCAL_COST_KEY in payload:
-                        self._usd_per_token = _rate(payload[LOCAL_COST_KEY])
+                        # None (nothing served in the window yet) keeps the last known rate
+                        self._usd_per_token = _rate(payload[LOCAL_COST_KEY]) or self._usd_per_token
                         continue
                     yield payload
         except TimeoutError as exc:

@@ -87,8 +87,9 @@ def tokens_in_last_usage(text: str) -> int:
         if '"usage"' not in event or not event.startswith("data: "):
             continue
         try:
-            usage = json.loads(event[6:]).get("usage") or {}
-        except ValueError:
-            return 0
-        return int(usage.get("total_tokens") or 0)
+            usage = json.loads(event[6:]).get("usage")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(usage, dict) and usage.get("total_tokens"):
+            return int(usage["total_tokens"])
     return 0

@@ -116,10 +116,15 @@ async def test_fallback_cloud_error_local_answers(make_router, local, cloud):
 async def test_cloud_keeps_its_retries_when_nothing_could_take_over(make_router, local, cloud):
     args = router_args(routing={"rules": [{"name": "everything", "backend": "cloud"}]})
     client = make_router(local=local, cloud=cloud, args=args).client()
-    local.ready = False
+    local.ready = False  # loading or restarting: nothing to fall back to
     assert (await client.post("/v1/chat/completions", json=chat_body())).status_code == 200
-    assert (await client.post("/v1/chat/completions", json=chat_body(model="cloud"))).status_code == 200
+    local.ready = True  # ready, but the request is one the local model cannot take
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+    body = {"model": "auto", "messages": [{"role": "user", "content": [{"type": "text", "text": "what?"}, image]}]}
+    response = await client.post("/v1/chat/completions", json=body)
+    assert response.status_code == 200 and route_of(response) == ("cloud", "rule_everything")
     assert [call.fail_fast for call in cloud.calls] == [False, False]
+    assert local.calls == []
 
 
 async def test_fallback_only_once_then_the_second_error_is_returned(router, client, local, cloud):

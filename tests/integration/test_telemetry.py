@@ -228,11 +228,17 @@ def test_prometheus_totals_equal_what_clients_received_and_every_dashboard_query
         prom.wait_for_samples("ray_router_requests_total", samples=3, timeout=60)
 
         # GPU spend comes from the model replica's own ledger, once per GPU, and splits its whole price.
-        spend = prom.query("ray_router_gpu_cost_usd_per_hour")
+        llm = next(a for a in yaml.safe_load(LOCAL_CONFIG.read_text())["applications"] if a["name"] == "llm")
+        price = llm["args"]["gpu_usd_per_hour"]
+        spend: list[dict] = []
+
+        def whole_price_split() -> bool:  # the two gauges are set one after the other: wait out a torn export
+            spend[:] = prom.query("ray_router_gpu_cost_usd_per_hour")
+            return sum(float(r["value"][1]) for r in spend) == pytest.approx(price)
+
+        _wait(whole_price_split, timeout=30, what="GPU spend gauges that add up to the GPU's price")
         assert {r["metric"].get("application") for r in spend} == {"llm"}, spend
         assert {r["metric"]["kind"] for r in spend} == {"allocated", "idle"}
-        price = next(a for a in yaml.safe_load(LOCAL_CONFIG.read_text())["applications"] if a["name"] == "llm")
-        assert sum(float(r["value"][1]) for r in spend) == pytest.approx(price["args"]["gpu_usd_per_hour"])
 
         empty = []
         for expression in all_expressions():

@@ -208,6 +208,16 @@ def test_decide_rule_to_cloud_may_fall_back_to_local():
     assert run(policy=policy, local_ready=False).fallback_backend is None
 
 
+@pytest.mark.parametrize(
+    "unsuitable",
+    [{"has_images": True}, {"has_tools": True}, {"output_tokens": 100_000}, {"prompt_tokens": 100_000}],
+)
+def test_decide_rule_to_cloud_never_falls_back_to_a_local_model_that_cannot_take_the_request(unsuitable):
+    policy = POLICY.model_copy(update={"rules": [rule("everything", "cloud")]})
+    decision = run(policy=policy, **unsuitable)
+    assert (decision.backend, decision.reason, decision.fallback_backend) == ("cloud", "rule_everything", None)
+
+
 def test_decide_rule_to_local_still_checks_readiness():
     policy = POLICY.model_copy(update={"rules": [rule("all_local", "local")]})
     assert run(policy=policy, local_ready=False).reason == "local_not_ready"

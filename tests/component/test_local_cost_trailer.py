@@ -1,0 +1,137 @@
+"""The GPU ledger's trailer between the model replica and the router.
+
+The model replica (RouterLLMServer.chat_json, with vLLM's own chat stubbed out) books every stream in its
+ledger and writes the trailer once, in the same item as `[DONE]`, only when the stream finished; the local
+backend (with a stand-in handle) keeps the rate and never passes the trailer on as a chunk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from serve_app.backends.local import LocalBackend
+from serve_app.config import LocalBackendArgs, RoutingPolicy
+from serve_app.engine import RouterLLMServer
+from serve_app.protocol import LOCAL_COST_KEY, ChatCompletionRequest
+from serve_app.telemetry.gpu import GpuLedger, trailer_event
+
+EPS = 1e-12
+BODY = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 50.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _data(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+CHUNK = _data({"choices": [{"index": 0, "delta": {"content": "hey"}}], "usage": {"total_tokens": 7}})
+USAGE = _data({"choices": [], "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}})
+DONE = "data: [DONE]\n\n"
+
+
+class _Server(RouterLLMServer):
+    def __del__(self) -> None:  # LLMServer's shuts an engine down; this one never had one
+        pass
+
+
+def server(clock: Clock, *, price: float | None = 3.6) -> RouterLLMServer:
+    """A RouterLLMServer without an engine: `chat` yields scripted items, advancing the clock 1 s per item."""
+    instance = _Server.__new__(_Server)
+    instance._ledger = None if price is None else GpuLedger(usd_per_hour=price, window_s=300, metrics=None, clock=clock)
+
+    async def chat(request: Any) -> AsyncIterator[str]:
+        async def items() -> AsyncIterator[str]:
+            for item in (CHUNK, USAGE, DONE):
+                clock.t += 1.0
+                yield item
+
+        return items()
+
+    instance.chat = chat  # type: ignore[method-assign]
+    return instance
+
+
+async def test_finished_stream_ends_with_the_trailer_in_the_same_item_as_done() -> None:
+    clock = Clock()
+    items = [item async for item in server(clock).chat_json(dict(BODY))]
+    assert items[:2] == [CHUNK, USAGE]
+    assert len(items) == 3 and items[2].endswith(DONE)  # no extra item, so no extra handle round
+    (trailer,) = [json.loads(line[6:]) for line in items[2].splitlines() if line.startswith("data: {")]
+    # busy 3 s of a 3.60 USD/h GPU = 0.003 USD over the 10 tokens of the final cumulative usage
+    assert trailer[LOCAL_COST_KEY]["usd_per_token"] == pytest.approx(0.003 / 10, abs=EPS)
+
+
+async def test_cancelled_stream_is_booked_as_busy_time_but_sends_no_trailer() -> None:
+    clock = Clock()
+    instance = server(clock)
+    stream = instance.chat_json(dict(BODY))
+    assert await anext(stream) == CHUNK
+    await stream.aclose()  # the router cancelled: the GPU was busy, nothing was finished
+    assert instance._ledger is not None
+    # 1 busy second and the 7 tokens the cumulative usage had reached when it was cancelled
+    assert instance._ledger.usd_per_token() == pytest.approx(3.6 * 1 / 3600 / 7, abs=EPS)
+    items = [item async for item in instance.chat_json(dict(BODY))]
+    (trailer,) = [json.loads(line[6:]) for line in items[-1].splitlines() if line.startswith("data: {")]
+    assert trailer[LOCAL_COST_KEY]["usd_per_token"] == pytest.approx(3.6 * 4 / 3600 / 17, abs=EPS)
+
+
+async def test_without_a_gpu_price_the_stream_passes_through_untouched() -> None:
+    items = [item async for item in server(Clock(), price=None).chat_json(dict(BODY))]
+    assert items == [CHUNK, USAGE, DONE]
+
+
+class _Response:
+    def __init__(self, items: list[str]) -> None:
+        self._items = iter(items)
+        self.cancelled = False
+
+    def __aiter__(self) -> _Response:
+        return self
+
+    async def __anext__(self) -> str:
+        try:
+            return next(self._items)
+        except StopIteration:
+            raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class _Handle:
+    """What LocalBackend uses of a DeploymentHandle: options() and a streaming remote()."""
+
+    is_initialized = True
+
+    def __init__(self) -> None:
+        self.answers: list[list[str]] = []
+
+    def options(self, **_: Any) -> _Handle:
+        return self
+
+    def remote(self, body: dict[str, Any]) -> _Response:
+        return _Response(self.answers.pop(0))
+
+
+async def test_local_backend_keeps_the_reported_rate_and_never_yields_the_trailer() -> None:
+    handle = _Handle()
+    backend = LocalBackend(LocalBackendArgs(), RoutingPolicy(), handle=handle)  # type: ignore[arg-type]
+    request = ChatCompletionRequest.model_validate({"model": "local", "messages": [{"role": "user", "content": "x"}]})
+    assert backend.usd_per_token() is None
+    handle.answers = [[CHUNK, USAGE, trailer_event(2.5e-6) + DONE], [CHUNK, USAGE, trailer_event(None) + DONE]]
+    chunks = [c async for c in backend.stream(request, model="local-model", request_id="r1")]
+    assert all(LOCAL_COST_KEY not in c for c in chunks) and len(chunks) == 2
+    assert backend.usd_per_token() == 2.5e-6
+    [c async for c in backend.stream(request, model="local-model", request_id="r2")]
+    assert backend.usd_per_token() == 2.5e-6  # a report without a rate keeps the last known one
