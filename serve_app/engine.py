@@ -22,7 +22,8 @@ from serve_app.telemetry.metrics import RayMetricsSink, RouterMetrics
 
 logger = logging.getLogger(__name__)
 
-_SPEND_PERIOD_S = 5.0
+# Ray drops a gauge not set again within two metric exports (2 s at the shortest interval): stay below that.
+_SPEND_PERIOD_S = 1.0
 
 
 class RouterLLMServer(LLMServer):
