@@ -16,7 +16,7 @@ import pytest
 from tests.support.anthropic_standin import AnthropicStandIn
 from tests.support.langfuse_standin import LangfuseStandin
 from tests.support.otlp_receiver import OtlpHttpReceiver
-from tests.support.ray_platform import METRICS_REPORT_INTERVAL_MS, RayPlatform
+from tests.support.ray_platform import RayPlatform
 
 API_KEY = "sk-test-router-key"
 ANTHROPIC_KEY = "sk-ant-test-upstream-key"
@@ -64,9 +64,6 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
             "LANGFUSE_SECRET_KEY": LANGFUSE_SECRET,
             "LANGFUSE_BASE_URL": langfuse.base_url,
             "LANGFUSE_FLUSH_INTERVAL": "0.2",
-            # Ray exports worker metrics every 10 s by default; the Prometheus test waits for a quiet window
-            # longer than one export, so a shorter interval keeps it quick.
-            "RAY_metrics_report_interval_ms": str(METRICS_REPORT_INTERVAL_MS),
         },
         # The stand-in answers at once; retries would only slow the fault tests down.
         overrides={

@@ -240,15 +240,21 @@ def test_prometheus_totals_equal_what_clients_received_and_every_dashboard_query
         assert {r["metric"].get("application") for r in spend} == {"llm"}, spend
         assert {r["metric"]["kind"] for r in spend} == {"allocated", "idle"}
 
-        empty = []
-        for expression in all_expressions():
-            result = prom.query(expression.promql)  # raises if it does not parse or run
-            if expression.kind == "panel" and not result:
-                empty.append(expression.location)
         # Fallback and error panels may be empty when none happened in the last minute; everything else the
-        # running app feeds must show data.
+        # running app feeds must show data. A gauge can be missing for a moment (Ray drops one whose export
+        # came late), so a panel counts as empty only if it stays empty over five reads two seconds apart.
         allowed = ("allback", "rror", "ropped", "xemplar")
-        assert [loc for loc in empty if not any(a in loc for a in allowed)] == []
+        expressions = all_expressions()
+        empty = {e.location for e in expressions if e.kind == "panel" and not any(a in e.location for a in allowed)}
+        for _ in range(5):
+            for expression in expressions:
+                result = prom.query(expression.promql)  # raises if it does not parse or run
+                if result:
+                    empty.discard(expression.location)
+            if not empty:
+                break
+            time.sleep(2)
+        assert sorted(empty) == []
 
 
 def _stable(prom: PrometheusServer, queries: dict[str, str]) -> dict[str, float]:
