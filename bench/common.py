@@ -34,7 +34,7 @@ import psutil
 import yaml
 
 from tests.support.prometheus import free_port
-from tests.support.ray_platform import RAY_ENV, REPO, RayPlatform, http_json
+from tests.support.ray_platform import RAY_ENV, REPO, RayPlatform, http_json, merge
 
 # Before anything imports ray: it reads these at import time (loopback only, no usage stats, no auth token),
 # and bench_local's driver connection must resolve the cluster on 127.0.0.1 as the cluster itself does.
@@ -251,7 +251,8 @@ def wait_http_ok(url: str, timeout_s: float, child: Child | None = None) -> None
 
 @dataclass
 class BenchPlatform(RayPlatform):
-    """RayPlatform plus a second router application (telemetry off) at NOTEL_PREFIX in the same cluster."""
+    """RayPlatform plus copies of the router application (e.g. telemetry off at NOTEL_PREFIX) and other
+    applications (the forwarder baseline) in the same cluster."""
 
     extra_routers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     extra_apps: list[dict[str, Any]] = field(default_factory=list)
@@ -263,7 +264,7 @@ class BenchPlatform(RayPlatform):
         for name, (prefix, overrides) in self.extra_routers.items():
             app = copy.deepcopy(base)
             app["name"], app["route_prefix"] = name, prefix
-            _merge(app["args"], overrides)
+            merge(app["args"], overrides)
             config["applications"].append(app)
         for extra in copy.deepcopy(self.extra_apps):
             if "runtime_env" in base:  # the same Serve settings as the router, so the floor is comparable
@@ -271,26 +272,6 @@ class BenchPlatform(RayPlatform):
             config["applications"].append(extra)
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         return path
-
-    def deploy(self) -> None:
-        """`serve deploy`, retried: right after `ray start` the dashboard sometimes refuses the first attempt."""
-        for attempt in range(3):
-            try:
-                super().deploy()
-                return
-            except subprocess.CalledProcessError as exc:
-                if attempt == 2:
-                    raise
-                print(f"serve deploy failed ({(exc.stderr or '').strip()[-300:]}); retrying", flush=True)
-                time.sleep(5)
-
-
-def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
-    for key, value in overrides.items():
-        if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
-        else:
-            target[key] = value
 
 
 FORWARDER_APP = {

@@ -110,9 +110,9 @@ class RayPlatform:
         config["applications"] = [app for app in config["applications"] if app["name"] in self.apps]
         for app in config["applications"]:
             if app["name"] == "router":
-                _merge(app["args"], self.overrides)
+                merge(app["args"], self.overrides)
             if app["name"] == "llm":
-                _merge(app["args"], self.llm_overrides)
+                merge(app["args"], self.llm_overrides)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         return self.config_path
@@ -208,9 +208,10 @@ def _terminate(processes: list[psutil.Process]) -> None:
             process.kill()
 
 
-def _merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
+def merge(target: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Deep-merges `overrides` into `target` in place (dicts merge, everything else replaces)."""
     for key, value in overrides.items():
         if isinstance(value, dict) and isinstance(target.get(key), dict):
-            _merge(target[key], value)
+            merge(target[key], value)
         else:
             target[key] = value
