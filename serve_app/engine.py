@@ -33,7 +33,7 @@ class RouterLLMServer(LLMServer):
         await super().__init__(llm_config, **kwargs)
         metrics = RouterMetrics(RayMetricsSink(), models=())
         self._ledger = GpuLedger.from_experimental(dict(llm_config.experimental_configs or {}), metrics)
-        self._spend_task = None
+        self._spend_task = None  # held so the task is not garbage-collected while it runs
         if self._ledger is not None:
             self._spend_task = asyncio.get_running_loop().create_task(self._publish_spend(self._ledger))
 

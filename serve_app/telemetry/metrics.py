@@ -27,7 +27,6 @@ BACKENDS = frozenset({"local", "cloud", "none"})
 OUTCOMES = frozenset({"ok", "error", "cancelled"})
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation")
 DROP_SINKS = frozenset({"otlp", "langfuse", "span", "metrics", "observe"})
-GPU_KINDS = frozenset({"allocated", "idle"})
 OTHER = "other"
 _REASON = re.compile(r"^[a-z0-9_]{1,40}$")
 
