@@ -7,12 +7,15 @@ Sides, interleaved request by request at c=1 and in alternating batches of 8 at 
 
     router         POST /v1/chat/completions, model "local": Serve proxy -> router -> handle -> LLMServer
     router-notel   the same with telemetry off (second router app at /notel, same LLMServer)
+    ingress        Ray Serve LLM's own OpenAiIngress (bench/ray_ingress.py) in front of the same LLMServer:
+                   the issue's other direct path, "LLMServer behind Ray's OpenAiIngress"
     handle         the same LLMServer without HTTP and without the router: a DeploymentHandle stream
                    (`chat_json`, the call the router makes) from this process as a Ray driver
     direct         vLLM's server, model "local-model"
 
 `handle` splits the router's cost in two: router - handle is the HTTP proxy and the router; handle - direct
-is Ray Serve LLM (the handle hop and the LLMServer wrapper around the same engine).
+is Ray Serve LLM (the handle hop and the LLMServer wrapper around the same engine). router - ingress is what
+the router costs over Ray Serve LLM's stock HTTP front end on the same engine.
 
 Every request streams 16 tokens sampled with a fixed seed (the same tokens on both engines). TTFT is the first
 chunk with non-empty delta.content; first_chunk is the first chunk with a choice (vLLM's role chunk, sent with
@@ -142,6 +145,7 @@ async def measure(s: common.Session, *, quick: bool, handle: HandleSide | None) 
     clients = {
         "router": (openai.AsyncOpenAI(base_url=s.router_url + "/v1", api_key=API_KEY, max_retries=0), "local"),
         "router-notel": (openai.AsyncOpenAI(base_url=s.notel_url + "/v1", api_key=API_KEY, max_retries=0), "local"),
+        "ingress": (openai.AsyncOpenAI(base_url=s.ingress_url + "/v1", api_key="unused", max_retries=0), "local-model"),
         "direct": (openai.AsyncOpenAI(base_url=s.vllm_url + "/v1", api_key="unused", max_retries=0), "local-model"),
     }
     calls = {name: (lambda c=c, m=m: chat_stream(c, m)) for name, (c, m) in clients.items()}
@@ -158,8 +162,8 @@ async def measure(s: common.Session, *, quick: bool, handle: HandleSide | None) 
     return out
 
 
-def _delta(block: dict[str, Any], side: str, metric: str) -> dict[str, float] | None:
-    a, b = block[side].get(metric), block["direct"].get(metric)
+def _delta(block: dict[str, Any], side: str, metric: str, base: str = "direct") -> dict[str, float] | None:
+    a, b = block[side].get(metric), block[base].get(metric)
     if not a or not b or not a.get("n") or not b.get("n"):
         return None
     return {q: round(a[q] - b[q], 3) for q in ("p50", "p95", "p99")} | {"ratio_p50": common.ratio(a["p50"], b["p50"])}
@@ -177,9 +181,15 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
     data["vs_direct"] = {
         f"{key} {side} {metric[:-3]}": _delta(data[key], side, metric)
         for key in ("c1", "c8")
-        for side in ("router", "router-notel", "handle")
+        for side in ("router", "router-notel", "ingress", "handle")
         if side in data[key]
         for metric in ("ttft_ms", "first_chunk_ms", "total_ms")
+    }
+    data["vs_ingress"] = {
+        f"{key} {side} {metric[:-3]}": _delta(data[key], side, metric, base="ingress")
+        for key in ("c1", "c8")
+        for side in ("router", "router-notel")
+        for metric in ("ttft_ms", "total_ms")
     }
     data["load_before"], data["load_after"] = load_before, common.load_average()
     for key in ("c1", "c8"):
@@ -192,10 +202,12 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
                 + f"  tokens {stats.get('tokens_mean')}"
                 + (f"  errors {stats['errors']}" if stats["errors"] else "")
             )
-    for label, delta in data["vs_direct"].items():
+    for label, delta in [(f"{k} - direct", v) for k, v in data["vs_direct"].items()] + [
+        (f"{k} - ingress", v) for k, v in data["vs_ingress"].items()
+    ]:
         if delta:
             p50, p99 = delta["p50"], delta["p99"]
-            print(f"  {label:<28} +p50 {p50:7.2f}  +p99 {p99:7.2f} ms  ratio p50 {delta['ratio_p50']}")
+            print(f"  {label:<38} +p50 {p50:7.2f}  +p99 {p99:7.2f} ms  ratio p50 {delta['ratio_p50']}")
     common.write_result(f"local-{s.proxy}", {"bench": "local", "proxy": s.proxy, "machine": common.machine()} | data)
     return data
 

@@ -49,6 +49,7 @@ CLOUD_MODEL = "claude-sonnet-4-6"
 ANTHROPIC_VERSION = "2023-06-01"
 NOTEL_PREFIX = "/notel"  # a second router application with telemetry off, in the same cluster
 FORWARDER_PREFIX = "/forwarder"  # bench/forwarder.py: a bare FastAPI forwarder, Ray Serve's floor
+INGRESS_PREFIX = "/ray-ingress"  # bench/ray_ingress.py: Ray Serve LLM's OpenAiIngress on the same LLMServer
 
 Sample = dict[str, float]  # {"ttft": s, "total": s} (ttft absent for non-stream)
 
@@ -252,7 +253,7 @@ def wait_http_ok(url: str, timeout_s: float, child: Child | None = None) -> None
 @dataclass
 class BenchPlatform(RayPlatform):
     """RayPlatform plus copies of the router application (e.g. telemetry off at NOTEL_PREFIX) and other
-    applications (the forwarder baseline) in the same cluster."""
+    applications (the forwarder and Ray ingress baselines) in the same cluster."""
 
     extra_routers: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
     extra_apps: list[dict[str, Any]] = field(default_factory=list)
@@ -281,6 +282,13 @@ FORWARDER_APP = {
     "args": {"model": CLOUD_MODEL},
     "deployments": [{"name": "Forwarder", "num_replicas": 1, "max_ongoing_requests": 256}],
 }
+RAY_INGRESS_APP = {
+    "name": "ray-ingress",
+    "route_prefix": INGRESS_PREFIX,
+    "import_path": "bench.ray_ingress:build",
+    "args": {"model_id": "local-model", "app_name": "llm"},
+    "deployments": [{"name": "RayIngress", "num_replicas": 1, "max_ongoing_requests": 256}],
+}
 TELEMETRY_OFF = {"telemetry": {"tracing": False, "langfuse": False}}
 
 
@@ -307,6 +315,10 @@ class Session:
     @property
     def forwarder_url(self) -> str:
         return self.platform.base_url + FORWARDER_PREFIX
+
+    @property
+    def ingress_url(self) -> str:
+        return self.platform.base_url + INGRESS_PREFIX
 
 
 @contextlib.contextmanager
@@ -340,7 +352,7 @@ def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True)
         env=env,
         overrides={"cloud": {"max_retries": 0, "timeout_s": 30}},
         extra_routers={"router-notel": (NOTEL_PREFIX, TELEMETRY_OFF)},
-        extra_apps=[FORWARDER_APP],
+        extra_apps=[FORWARDER_APP, RAY_INGRESS_APP] if with_model else [FORWARDER_APP],
         apps=("llm", "router") if with_model else ("router",),
     )
     try:
@@ -469,6 +481,8 @@ def _group(cmdline: str) -> str:
         return "router"
     if "ServeReplica:forwarder:" in cmdline:
         return "forwarder"
+    if "ServeReplica:ray-ingress:" in cmdline:
+        return "ray-ingress"
     if "ProxyActor" in cmdline:
         return "serve-proxy"
     if "haproxy" in cmdline:

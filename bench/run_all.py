@@ -63,6 +63,8 @@ def summary(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     c1j, c1s = "c1_json router-direct (total)", "c1_stream router-direct (ttft)"
     rows = [
         ("local c1 TTFT p50, router - direct vLLM", "local", ("vs_direct", "c1 router ttft", "p50"), "ms", 10.0),
+        ("local c1 TTFT p50, router - Ray ingress", "local", ("vs_ingress", "c1 router ttft", "p50"), "ms", 10.0),
+        ("local c1 TTFT p50, ingress - direct vLLM", "local", ("vs_direct", "c1 ingress ttft", "p50"), "ms", None),
         ("local c1 total p50, router - direct", "local", ("vs_direct", "c1 router total", "p50"), "ms", None),
         ("local c1 TTFT p50, handle - direct", "local", ("vs_direct", "c1 handle ttft", "p50"), "ms", None),
         ("local c8 TTFT p50, router - direct", "local", ("vs_direct", "c8 router ttft", "p50"), "ms", None),
