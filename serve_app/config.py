@@ -31,6 +31,12 @@ class LocalBackendArgs(_Args):
         default=30.0, gt=0, description="Longest wait for the first chunk before the call counts as failed."
     )
     chunk_timeout_s: float = Field(default=60.0, gt=0, description="Longest gap between two chunks of a stream.")
+    cost_rate_max_age_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="How long the model replica's last reported USD per token prices counterfactual local cost; "
+        "older, it is unknown until the next local request reports a fresh one.",
+    )
 
     @property
     def deployment_name(self) -> str:

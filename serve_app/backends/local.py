@@ -3,14 +3,16 @@
 Readiness is read from the handle's own replica set (microseconds, no controller round trip), which drops
 to zero within milliseconds of a replica dying and comes back the moment a new one is ready. Every call is
 bounded: the first chunk within `first_chunk_timeout_s`, each later one within `chunk_timeout_s`. The model
-replica ends each stream with its GPU's amortised USD per token (`LOCAL_COST_KEY`), kept here for pricing.
+replica ends each stream with its GPU's amortised USD per token (`LOCAL_COST_KEY`), kept here for pricing for
+at most `cost_rate_max_age_s`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from ray import serve
@@ -37,12 +39,21 @@ class LocalBackend:
     name = "local"
     provider = "vllm"
 
-    def __init__(self, args: LocalBackendArgs, policy: RoutingPolicy, handle: DeploymentHandle | None = None) -> None:
+    def __init__(
+        self,
+        args: LocalBackendArgs,
+        policy: RoutingPolicy,
+        handle: DeploymentHandle | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._args = args
         self._policy = policy
         self.model_ids = [args.model_id]
         self._inflight = 0
+        self._clock = clock
         self._usd_per_token: float | None = None
+        self._rate_at = 0.0
         # By name and unchecked: the model application may not exist yet while the router starts, and the
         # router must come up (serving cloud traffic) anyway. Pinned to Ray 2.60 like the replica-set read.
         handle = handle or serve.get_deployment_handle(
@@ -62,7 +73,11 @@ class LocalBackend:
         )
 
     def usd_per_token(self) -> float | None:
-        """The local GPU's amortised USD per token as the model replica last reported it; None before that."""
+        """The local GPU's amortised USD per token as the model replica last reported it; None before the first
+        report and once the last one is older than `cost_rate_max_age_s` (the price or the load may have changed
+        since: an unknown counterfactual is better than a stale one)."""
+        if self._usd_per_token is None or self._clock() - self._rate_at > self._args.cost_rate_max_age_s:
+            return None
         return self._usd_per_token
 
     def _replica_count(self) -> int:
@@ -93,8 +108,9 @@ class LocalBackend:
                     if "error" in payload:
                         raise _engine_error(payload["error"])
                     if LOCAL_COST_KEY in payload:
-                        # None (nothing served in the window yet) keeps the last known rate
-                        self._usd_per_token = _rate(payload[LOCAL_COST_KEY]) or self._usd_per_token
+                        rate = _rate(payload[LOCAL_COST_KEY])
+                        if rate is not None:  # None (nothing served in the window yet) keeps the last known rate
+                            self._usd_per_token, self._rate_at = rate, self._clock()
                         continue
                     yield payload
         except TimeoutError as exc:

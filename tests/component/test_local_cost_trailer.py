@@ -135,3 +135,20 @@ async def test_local_backend_keeps_the_reported_rate_and_never_yields_the_traile
     assert backend.usd_per_token() == 2.5e-6
     [c async for c in backend.stream(request, model="local-model", request_id="r2")]
     assert backend.usd_per_token() == 2.5e-6  # a report without a rate keeps the last known one
+
+
+async def test_local_backend_forgets_a_rate_older_than_its_max_age() -> None:
+    handle, clock = _Handle(), Clock()
+    args = LocalBackendArgs(cost_rate_max_age_s=600)
+    backend = LocalBackend(args, RoutingPolicy(), handle=handle, clock=clock)  # type: ignore[arg-type]
+    request = ChatCompletionRequest.model_validate({"model": "local", "messages": [{"role": "user", "content": "x"}]})
+    handle.answers = [[CHUNK, trailer_event(2.5e-6) + DONE], [CHUNK, trailer_event(None) + DONE]]
+    [c async for c in backend.stream(request, model="local-model", request_id="r1")]
+    clock.t += 600
+    assert backend.usd_per_token() == 2.5e-6  # exactly at the max age: still priced
+    clock.t += 1
+    [c async for c in backend.stream(request, model="local-model", request_id="r2")]
+    assert backend.usd_per_token() is None  # a report without a rate does not make the old one fresh
+    handle.answers = [[CHUNK, trailer_event(4e-6) + DONE]]
+    [c async for c in backend.stream(request, model="local-model", request_id="r3")]
+    assert backend.usd_per_token() == 4e-6
