@@ -166,6 +166,10 @@ def _json_object(body: bytes) -> dict[str, Any]:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    except (ValueError, RecursionError):  # integers past Python's digit limit; nesting past the recursion limit
+        raise InvalidRequest(
+            "the request body is JSON this server does not accept (too deeply nested or a number too long)"
+        ) from None
     if not isinstance(data, dict):
         raise InvalidRequest("the request body must be a JSON object")
     return data

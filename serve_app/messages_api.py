@@ -60,17 +60,24 @@ def to_chat_request(body: Any) -> ChatCompletionRequest:
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             chat[name] = body[name]
-    if body.get("stop_sequences"):
-        chat["stop"] = list(body["stop_sequences"])
+    stop = _typed(body, "stop_sequences", list)
+    if stop:
+        if not all(isinstance(s, str) for s in stop):
+            raise InvalidRequest("stop_sequences: a list of strings is required", param="stop_sequences")
+        chat["stop"] = list(stop)
     if body.get("stream"):
         chat["stream"] = True
         chat["stream_options"] = {"include_usage": True}  # message_delta needs the usage
-    if body.get("tools"):
-        chat["tools"] = [_tool(tool, param=f"tools.{i}") for i, tool in enumerate(body["tools"])]
-    if body.get("tool_choice"):
-        chat.update(_tool_choice(body["tool_choice"]))
-    user_id = (body.get("metadata") or {}).get("user_id")
-    if user_id:
+    tools = _typed(body, "tools", list)
+    if tools:
+        chat["tools"] = [_tool(tool, param=f"tools.{i}") for i, tool in enumerate(tools)]
+    tool_choice = _typed(body, "tool_choice", Mapping)
+    if tool_choice:
+        chat.update(_tool_choice(tool_choice))
+    user_id = (_typed(body, "metadata", Mapping) or {}).get("user_id")
+    if user_id is not None:
+        if not isinstance(user_id, str):
+            raise InvalidRequest("metadata.user_id: a string is required", param="metadata.user_id")
         chat["user"] = user_id
     try:
         return ChatCompletionRequest.model_validate(chat)
@@ -78,6 +85,17 @@ def to_chat_request(body: Any) -> ChatCompletionRequest:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
         raise InvalidRequest(f"{where}: {first['msg']}" if where else first["msg"], param=where or None) from exc
+
+
+_TYPE_NAMES = {list: "a list", Mapping: "an object"}
+
+
+def _typed(body: Mapping[str, Any], name: str, kind: type) -> Any:
+    """`body[name]` if it is absent, null or of `kind`; otherwise an InvalidRequest naming the field."""
+    value = body.get(name)
+    if value is None or isinstance(value, kind):
+        return value
+    raise InvalidRequest(f"{name}: {_TYPE_NAMES[kind]} is required", param=name)
 
 
 def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:

@@ -9,7 +9,8 @@ from typing import Any
 import httpx
 import pytest
 
-from serve_app.errors import UpstreamRejected
+from serve_app.errors import InvalidRequest, UpstreamRejected
+from serve_app.ingress import parse_chat_request
 from tests.component.fakes import chat_body, cloud_backend, local_backend
 
 pytestmark = pytest.mark.timeout(30)
@@ -32,6 +33,7 @@ BAD_REQUESTS: list[tuple[str, bytes, int, str | None]] = [
     ("json_string", b'"hello"', 400, None),
     ("json_null", b"null", 400, None),
     ("non_utf8", b'{"model": "auto", "messages": [{"role": "user", "content": "\xff\xfe"}]}', 400, None),
+    ("nested_past_recursion_limit", b"[" * 4000, 400, None),  # within the test app's 4096-byte limit
     ("missing_model", body(model=...), 400, "model"),
     ("empty_model", body(model=""), 400, "model"),
     ("model_not_string", body(model=7), 400, "model"),
@@ -239,3 +241,32 @@ async def test_ingress_unexpected_backend_exception_is_a_500_openai_body(router,
     error = assert_openai_error(response, 500)
     assert error["type"] == "server_error" and "bug in a backend" not in error["message"]
     await assert_still_serving(client)
+
+
+MESSAGES_OK = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+BAD_MESSAGES: list[tuple[str, bytes, str | None]] = [
+    ("tool_choice_string", json.dumps(MESSAGES_OK | {"tool_choice": "auto"}).encode(), "tool_choice"),
+    ("metadata_string", json.dumps(MESSAGES_OK | {"metadata": "x"}).encode(), "metadata"),
+    ("tools_number", json.dumps(MESSAGES_OK | {"tools": 5}).encode(), "tools"),
+    ("stop_sequences_number", json.dumps(MESSAGES_OK | {"stop_sequences": 5}).encode(), "stop_sequences"),
+    ("nested_past_recursion_limit", b"[" * 4000, None),
+]
+
+
+@pytest.mark.parametrize(("raw", "param"), [row[1:] for row in BAD_MESSAGES], ids=[r[0] for r in BAD_MESSAGES])
+async def test_messages_bad_request_gets_anthropic_400_then_serves(router, client, local, raw, param):
+    response = await client.post("/v1/messages", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+    payload = response.json()
+    assert payload["type"] == "error" and payload["error"]["type"] == "invalid_request_error"
+    if param is not None:
+        assert param in payload["error"]["message"]
+    assert local.calls == []
+    await assert_still_serving(client)
+
+
+def test_a_number_past_pythons_digit_limit_is_a_400_not_a_500():
+    raw = b'{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"1" * 5000 + b"}"
+    with pytest.raises(InvalidRequest) as info:
+        parse_chat_request(raw)
+    assert info.value.status_code == 400

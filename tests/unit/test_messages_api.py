@@ -182,6 +182,13 @@ def test_to_chat_request_tool_history():
         (_body(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools.0"),
         (_body(tool_choice={"type": "sometimes"}), "tool_choice"),
         (_body(stop_sequences=["a", "b", "c", "d", "e"]), "stop"),
+        (_body(stop_sequences=5), "stop_sequences"),
+        (_body(stop_sequences=["a", 5]), "stop_sequences"),
+        (_body(tools=5), "tools"),
+        (_body(tools={"name": "t"}), "tools"),
+        (_body(tool_choice="auto"), "tool_choice"),  # the OpenAI habit; Anthropic wants {"type": "auto"}
+        (_body(metadata="x"), "metadata"),
+        (_body(metadata={"user_id": 5}), "metadata.user_id"),
     ],
 )
 def test_to_chat_request_rejects_invalid_input(body, param):
