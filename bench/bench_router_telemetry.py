@@ -1,13 +1,15 @@
 """Telemetry fully on versus off in the real router, in one run on one cluster: req/s and latency.
 
-Two router applications run side by side in the same cluster on the same LLMServer and Anthropic stand-in:
+Three router applications run side by side in the same cluster on the same LLMServer and Anthropic stand-in:
 `router` with telemetry on (OTLP/HTTP to a loopback receiver and Langfuse to its loopback stand-in, both in a
-child process) and `router-notel` at /notel with `telemetry.tracing: false, telemetry.langfuse: false`. Ray
-metrics stay on in both (they cannot be switched off). The cloud path is used, with an upstream that answers
-at once, so the engine does not dominate.
+child process), `router-otlp` at /otlp-only with `telemetry.langfuse: false` (OTLP only: the deployment in
+which the OTel Collector overlay feeds Langfuse, so the replica exports each span once), and `router-notel` at
+/notel with `telemetry.tracing: false, telemetry.langfuse: false`. Ray metrics stay on in all three (they
+cannot be switched off). The cloud path is used, with an upstream that answers at once, so the engine does not
+dominate.
 
-    latency   c=1, non-stream and stream, the two routers interleaved request by request (raw httpx)
-    req/s     wrk, 16 connections, non-stream; off, on (then on, off again when not --quick)
+    latency   c=1, non-stream and stream, the routers interleaved request by request (raw httpx)
+    req/s     wrk, 16 connections, non-stream; off, on, otlp (then otlp, on, off again when not --quick)
 
 The receivers' span counts are read before and after, to show that the "on" side really exported.
 
@@ -26,10 +28,17 @@ import httpx
 from bench import common
 from bench.bench_cloud import ROUTER_HEADERS, http_call, router_body
 
+MODES = ("off", "on", "otlp")  # telemetry off; OTLP + Langfuse from the replica; OTLP only (Langfuse via Collector)
+
+
+def _urls(s: common.Session) -> dict[str, str]:
+    path = "/v1/chat/completions"
+    return {"off": s.notel_url + path, "on": s.router_url + path, "otlp": s.otlp_only_url + path}
+
 
 async def latency(s: common.Session, *, quick: bool) -> dict[str, Any]:
     rounds = 120 if quick else 500
-    urls = {"on": s.router_url + "/v1/chat/completions", "off": s.notel_url + "/v1/chat/completions"}
+    urls = _urls(s)
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=30) as client:
         for stream in (False, True):
@@ -47,13 +56,13 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     if not common.wrk_available():
         return {"skipped": "wrk not installed (apt-get install wrk)"}
     seconds = 4 if quick else 10
-    urls = {"on": s.router_url + "/v1/chat/completions", "off": s.notel_url + "/v1/chat/completions"}
-    order = ["off", "on"] if quick else ["off", "on", "on", "off"]
-    for name in ("off", "on"):
+    urls = _urls(s)
+    order = list(MODES) if quick else [*MODES, *reversed(MODES)]
+    for name in MODES:
         common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=1)
-    runs: dict[str, list[dict[str, Any]]] = {"on": [], "off": []}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MODES}
     meter = common.CpuMeter(s.platform)
-    replica = {"on": "router", "off": "router-notel"}
+    replica = {"on": "router", "otlp": "router-otlp", "off": "router-notel"}
     for name in order:
         before = meter.snapshot()
         result = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
@@ -85,20 +94,25 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
     summary: dict[str, Any] = {}
     for mode, block in data["latency_c1"].items():
         metric = "ttft_ms" if mode == "stream" else "total_ms"
-        on, off = block["on"][metric], block["off"][metric]
-        summary[f"c1 {mode} {metric[:-3]} p50 added ms"] = round(on["p50"] - off["p50"], 3)
-        summary[f"c1 {mode} {metric[:-3]} p99 added ms"] = round(on["p99"] - off["p99"], 3)
+        off = block["off"][metric]
+        for side, suffix in (("on", ""), ("otlp", " (otlp only)")):
+            on = block[side][metric]
+            summary[f"c1 {mode} {metric[:-3]} p50 added ms{suffix}"] = round(on["p50"] - off["p50"], 3)
+            summary[f"c1 {mode} {metric[:-3]} p99 added ms{suffix}"] = round(on["p99"] - off["p99"], 3)
         print(f" c1 {mode}")
-        for name in ("off", "on"):
+        for name in MODES:
             print(common.fmt_row(f"telemetry {name} {metric[:-3]}", block[name][metric]))
     tp = data["throughput_c16"]
     if "skipped" not in tp:
-        summary["c16 req/s on/off"] = common.ratio(tp["on"]["req_per_s"], tp["off"]["req_per_s"])
-        on_cpu, off_cpu = tp["on"]["router_cpu_ms_per_request"], tp["off"]["router_cpu_ms_per_request"]
-        summary["router cpu ms/request on"], summary["router cpu ms/request off"] = on_cpu, off_cpu
-        # what one replica with a core of its own would lose: throughput scales with 1 / CPU per request
-        summary["router cpu-bound req/s on/off"] = common.ratio(off_cpu, on_cpu)
-        for name in ("off", "on"):
+        off_cpu = tp["off"]["router_cpu_ms_per_request"]
+        summary["router cpu ms/request off"] = off_cpu
+        for side, suffix in (("on", ""), ("otlp", " (otlp only)")):
+            summary[f"c16 req/s on/off{suffix}"] = common.ratio(tp[side]["req_per_s"], tp["off"]["req_per_s"])
+            on_cpu = tp[side]["router_cpu_ms_per_request"]
+            summary[f"router cpu ms/request {side}"] = on_cpu
+            # what one replica with a core of its own would lose: throughput scales with 1 / CPU per request
+            summary[f"router cpu-bound req/s on/off{suffix}"] = common.ratio(off_cpu, on_cpu)
+        for name in MODES:
             runs = [r["req_per_s"] for r in tp[name]["runs"]]
             p50s = [r["latency_ms"]["p50"] for r in tp[name]["runs"]]
             print(f"  wrk c16 telemetry {name:<4} {tp[name]['req_per_s']:8.1f} req/s  (runs {runs}, p50 ms {p50s})")

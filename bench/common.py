@@ -48,6 +48,7 @@ LANGFUSE_SECRET = "sk-lf-bench"
 CLOUD_MODEL = "claude-sonnet-4-6"
 ANTHROPIC_VERSION = "2023-06-01"
 NOTEL_PREFIX = "/notel"  # a second router application with telemetry off, in the same cluster
+OTLP_ONLY_PREFIX = "/otlp-only"  # a third with OTLP on and Langfuse off: Langfuse fed by the Collector instead
 FORWARDER_PREFIX = "/forwarder"  # bench/forwarder.py: a bare FastAPI forwarder, Ray Serve's floor
 INGRESS_PREFIX = "/ray-ingress"  # bench/ray_ingress.py: Ray Serve LLM's OpenAiIngress on the same LLMServer
 
@@ -290,6 +291,7 @@ RAY_INGRESS_APP = {
     "deployments": [{"name": "RayIngress", "num_replicas": 1, "max_ongoing_requests": 256}],
 }
 TELEMETRY_OFF = {"telemetry": {"tracing": False, "langfuse": False}}
+LANGFUSE_OFF = {"telemetry": {"langfuse": False}}
 
 
 @dataclass
@@ -311,6 +313,10 @@ class Session:
     @property
     def notel_url(self) -> str:
         return self.platform.base_url + NOTEL_PREFIX
+
+    @property
+    def otlp_only_url(self) -> str:
+        return self.platform.base_url + OTLP_ONLY_PREFIX
 
     @property
     def forwarder_url(self) -> str:
@@ -351,7 +357,10 @@ def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True)
         workdir=workdir,
         env=env,
         overrides={"cloud": {"max_retries": 0, "timeout_s": 30}},
-        extra_routers={"router-notel": (NOTEL_PREFIX, TELEMETRY_OFF)},
+        extra_routers={
+            "router-notel": (NOTEL_PREFIX, TELEMETRY_OFF),
+            "router-otlp": (OTLP_ONLY_PREFIX, LANGFUSE_OFF),
+        },
         extra_apps=[FORWARDER_APP, RAY_INGRESS_APP] if with_model else [FORWARDER_APP],
         apps=("llm", "router") if with_model else ("router",),
     )
@@ -477,6 +486,8 @@ def wrk(url: str, body: dict[str, Any], headers: dict[str, str], *, connections:
 def _group(cmdline: str) -> str:
     if "ServeReplica:router-notel:" in cmdline:
         return "router-notel"
+    if "ServeReplica:router-otlp:" in cmdline:
+        return "router-otlp"
     if "ServeReplica:router:" in cmdline:
         return "router"
     if "ServeReplica:forwarder:" in cmdline:

@@ -97,6 +97,14 @@ def summary(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
             0.95,
         ),
         ("telemetry added p50 (c1 non-stream)", "telemetry", ("summary", "c1 json total p50 added ms"), "ms", 1.0),
+        ("telemetry OTLP only: req/s on/off", "telemetry", ("summary", "c16 req/s on/off (otlp only)"), "x", 0.95),
+        (
+            "telemetry OTLP only: router CPU on/off",
+            "telemetry",
+            ("summary", "router cpu-bound req/s on/off (otlp only)"),
+            "x",
+            0.95,
+        ),
     ]
     table = []
     for label, bench, path, unit, target in rows:
