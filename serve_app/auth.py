@@ -29,7 +29,9 @@ class ApiKeys:
         if args.api_keys_file:
             path = Path(args.api_keys_file)
             if path.is_file():
-                keys += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+                # One key per line or comma-separated (as ROUTER_API_KEYS is written into the Secret); bearer
+                # tokens never contain commas.
+                keys += [k.strip() for k in path.read_text().replace(",", "\n").splitlines() if k.strip()]
             else:
                 logger.warning("api_keys_file %s does not exist; using only %s", path, KEYS_ENV)
         is_open = args.allow_unauthenticated or environ.get(OPEN_ENV, "").lower() in ("1", "true", "yes")

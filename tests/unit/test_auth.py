@@ -37,6 +37,15 @@ def test_api_keys_from_file_merged_with_env(tmp_path):
     keys.check("Bearer file-key-2")
 
 
+def test_api_keys_file_may_be_comma_separated(tmp_path):
+    # cluster/deploy.sh writes ROUTER_API_KEYS (comma-separated) into the Secret as is
+    keys = load({}, api_keys_file=keys_file(tmp_path, "k1,k2\nk3 , \n"))
+    assert keys.keys == (b"k1", b"k2", b"k3")
+    keys.check("Bearer k1")
+    with pytest.raises(Unauthenticated):
+        keys.check("Bearer k1,k2")
+
+
 def test_api_keys_missing_file_warns_and_uses_env(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="serve_app.auth"):
         keys = load({KEYS_ENV: "env-key"}, api_keys_file=str(tmp_path / "absent"))
