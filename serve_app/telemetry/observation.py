@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Mapping
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -183,7 +184,7 @@ class Observation:
             return
         self._finished = True
         now = self._tel.clock()
-        usage, estimated = self._final_usage()
+        usage, estimated = self._final_usage(outcome)
         cost = self._settle_cost(usage)
         self._usage = usage
         ttft = None if self._first_token_at is None else self._first_token_at - self._started
@@ -213,11 +214,20 @@ class Observation:
             counterfactual_usd=None if cost is None or cost.counterfactual is None else cost.counterfactual.total,
         )
 
-    def _final_usage(self) -> tuple[Usage, bool]:
-        """Reported usage if any; else, once a backend produced chunks, an estimate (flagged); else nothing."""
-        if self._usage_known or self._chunks == 0 or self._backend is None:
+    def _final_usage(self, outcome: str) -> tuple[Usage, bool]:
+        """Reported usage if any; else, once a backend produced chunks, an estimate (flagged); else nothing.
+
+        A stream that ended early may have streamed more than its last count says: Anthropic reports output
+        tokens in `message_start` (about 1) and then only in `message_delta` at the end. Every content chunk
+        carries at least one token, so the output is then at least the content chunks seen (flagged).
+        """
+        if self._chunks == 0 or self._backend is None:
             return self._usage, False
-        return Usage(input=self._prompt_tokens_estimated, output=self._content_chunks), True
+        if not self._usage_known:
+            return Usage(input=self._prompt_tokens_estimated, output=self._content_chunks), True
+        if outcome != "ok" and self._content_chunks > self._usage.output:
+            return replace(self._usage, output=self._content_chunks), True
+        return self._usage, False
 
     def _settle_cost(self, usage: Usage) -> RequestCost | None:
         if self._backend is None or self._model is None:

@@ -327,6 +327,40 @@ async def test_observation_local_cost_is_unknown_until_the_model_replica_reports
     assert "llm.cost_usd" not in exporter.get_finished_spans()[0].attributes
 
 
+@pytest.mark.parametrize("outcome", ["cancelled", "error"])
+async def test_observation_early_end_counts_at_least_the_streamed_content_chunks(outcome: str) -> None:
+    # Anthropic: message_start says output_tokens 1; the real count would only come with message_delta
+    telemetry, exporter, sink, clock = make()
+    obs = begin(telemetry)
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    start = chunk("", usage={"prompt_tokens": 200, "completion_tokens": 1})
+    async for _ in obs.observe(stream([start, *(chunk(w) for w in "abcde")], clock)):
+        pass
+    obs.finish(outcome=outcome)
+    a = exporter.get_finished_spans()[0].attributes
+    assert a["gen_ai.usage.input_tokens"] == 200 and a["gen_ai.usage.output_tokens"] == 5
+    assert a["llm.usage.estimated"] is True
+    assert sink.counter("router_tokens", token_type="output") == 5
+    assert obs.cost_usd == pytest.approx((200 * 3.0 + 5 * 15.0) / 1e6, abs=EPS)
+
+
+async def test_observation_finished_stream_keeps_the_reported_count() -> None:
+    telemetry, exporter, _, clock = make()
+    obs = begin(telemetry)
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    chunks = [chunk("ab", usage={"prompt_tokens": 10, "completion_tokens": 1}), chunk("cd"), chunk("ef")]
+    chunks.append(chunk(None, finish="stop", usage={"prompt_tokens": 10, "completion_tokens": 2}))
+    async for _ in obs.observe(stream(chunks, clock)):
+        pass
+    obs.finish(outcome="ok")
+    a = exporter.get_finished_spans()[0].attributes
+    assert a["gen_ai.usage.output_tokens"] == 2 and "llm.usage.estimated" not in a  # the upstream's word is final
+
+
 async def test_observation_without_reported_usage_estimates_and_flags_it() -> None:
     telemetry, exporter, _, clock = make()
     obs = begin(telemetry, prompt_tokens_estimated=77)
