@@ -110,7 +110,7 @@ class ChatService:
             max_tokens=request.output_budget,
             prompt_tokens_estimated=prompt_tokens,
             user=request.user,
-            messages=None,
+            messages=_messages_for_telemetry(request) if self._telemetry.capture_content else None,
         )
         try:
             decision = self.route(request, prompt_tokens=prompt_tokens)
@@ -146,6 +146,11 @@ class ChatService:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
             observation.finish(outcome=outcome, error=exc)
             raise
+
+
+def _messages_for_telemetry(request: ChatCompletionRequest) -> list[dict[str, Any]]:
+    """The prompt as the client sent it (JSON-ready), for spans only when content capture is opted in."""
+    return [message.model_dump(mode="json", exclude_none=True) for message in request.messages]
 
 
 async def _close(iterator: AsyncIterator[Any]) -> None:

@@ -305,3 +305,19 @@ async def test_ingress_counts_one_ok_request_per_answer(router, client):
     for stream in (False, True):
         await client.post("/v1/chat/completions", json=chat_body(stream=stream))
     assert router.metrics.counter("router_requests", backend="local", outcome="ok") == 2
+
+
+@pytest.mark.parametrize("capture", [False, True])
+async def test_prompt_and_completion_reach_the_span_only_when_capture_is_opted_in(make_router, capture):
+    router = make_router(args=router_args(telemetry={"capture_content": capture}))
+    response = await router.client().post("/v1/chat/completions", json=chat_body("the secret plan"))
+    assert response.status_code == 200
+    (span,) = router.spans.get_finished_spans()
+    attributes = span.attributes or {}
+    if not capture:
+        assert "langfuse.observation.input" not in attributes and "langfuse.observation.output" not in attributes
+        assert all("the secret plan" not in str(value) for value in attributes.values())
+        return
+    assert json.loads(attributes["langfuse.observation.input"]) == [{"role": "user", "content": "the secret plan"}]
+    answer = response.json()["choices"][0]["message"]["content"]
+    assert json.loads(attributes["langfuse.observation.output"])["content"] == answer
