@@ -68,11 +68,21 @@ def decide(*, route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs)
     """Chooses the backend for one request. Raises ModelNotFound or NoBackendAvailable."""
     requested = route.requested_model
     cloud_default = route.cloud_model_ids[0] if route.cloud_model_ids else None
+    # An explicit model never moves to the other backend; when its own is not ready the answer is a 503 at once,
+    # not a wait on a model that is loading (the SDKs retry a 503 after its Retry-After).
     if requested in ("local", route.local_model_id):
+        if not route.local_ready:
+            raise NoBackendAvailable(
+                "the local model is not serving (loading or restarting); retry later, or send 'auto' to be "
+                "answered by the cloud meanwhile",
+                retry_after=5,
+            )
         return RouteDecision("local", route.local_model_id, RouteReason.EXPLICIT_LOCAL.value)
     if requested == "cloud" or requested in route.cloud_model_ids:
         if cloud_default is None:
             raise ModelNotFound(f"model '{requested}' is not available: the cloud backend is disabled", param="model")
+        if not route.cloud_ready:
+            raise NoBackendAvailable("the cloud backend is not ready: no Anthropic API key is configured")
         model = cloud_default if requested == "cloud" else requested
         return RouteDecision("cloud", model, RouteReason.EXPLICIT_CLOUD.value)
     if requested != "auto":

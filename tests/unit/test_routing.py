@@ -54,8 +54,15 @@ def rule(name: str, backend: str, **match: Any) -> RoutingRule:
 @pytest.mark.parametrize("model", ["local", LOCAL])
 def test_decide_explicit_local_never_falls_back(model):
     assert run(requested_model=model) == RouteDecision("local", LOCAL, "explicit_local")
-    # explicit means explicit: not ready or saturated does not move it
-    assert run(requested_model=model, local_ready=False, local_inflight=99).backend == "local"
+    # explicit means explicit: saturation does not move it (the model's own queue bound answers that)
+    assert run(requested_model=model, local_inflight=99).backend == "local"
+
+
+@pytest.mark.parametrize("model", ["local", LOCAL])
+def test_decide_explicit_local_not_ready_is_503_at_once_never_the_cloud(model):
+    with pytest.raises(NoBackendAvailable, match="local model is not serving") as info:
+        run(requested_model=model, local_ready=False)
+    assert info.value.status_code == 503 and info.value.retry_after == 5
 
 
 def test_decide_cloud_alias_uses_the_default_cloud_model():
@@ -63,7 +70,14 @@ def test_decide_cloud_alias_uses_the_default_cloud_model():
 
 
 def test_decide_concrete_cloud_model_is_kept():
-    assert run(requested_model=HAIKU, cloud_ready=False) == RouteDecision("cloud", HAIKU, "explicit_cloud")
+    assert run(requested_model=HAIKU) == RouteDecision("cloud", HAIKU, "explicit_cloud")
+
+
+@pytest.mark.parametrize("model", ["cloud", HAIKU])
+def test_decide_explicit_cloud_not_ready_is_503_never_local(model):
+    with pytest.raises(NoBackendAvailable, match="no Anthropic API key") as info:
+        run(requested_model=model, cloud_ready=False)
+    assert info.value.status_code == 503
 
 
 def test_decide_cloud_alias_with_cloud_disabled_is_model_not_found():
