@@ -130,7 +130,7 @@ class LocalBackend:
                 response.cancel()
 
     def _engine_body(self, request: ChatCompletionRequest, model: str) -> dict[str, Any]:
-        body = request.model_dump(exclude_none=True, exclude={"stream_options", "max_completion_tokens", "user"})
+        body = request.model_dump(exclude_none=True, include=_ENGINE_FIELDS)
         body["model"] = model
         body["stream"] = True
         # Usage on every chunk (cumulative): a cancelled stream still has exact counts.
@@ -140,6 +140,20 @@ class LocalBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+# What reaches the engine of a client's request: the fields the router models (less the ones it rewrites) and
+# the standard sampling fields vLLM honours. Anything else a client sends (vLLM's own scheduling, template and
+# transfer knobs such as `priority`, `chat_template_kwargs`, `prompt_logprobs`) is dropped, as the cloud path does.
+_ENGINE_FIELDS = (set(ChatCompletionRequest.model_fields) - {"stream_options", "max_completion_tokens", "user"}) | {
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "response_format",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+}
 
 
 def _rate(report: object) -> float | None:

@@ -116,11 +116,13 @@ class _Handle:
 
     def __init__(self) -> None:
         self.answers: list[list[str]] = []
+        self.bodies: list[dict[str, Any]] = []
 
     def options(self, **_: Any) -> _Handle:
         return self
 
     def remote(self, body: dict[str, Any]) -> _Response:
+        self.bodies.append(body)
         return _Response(self.answers.pop(0))
 
 
@@ -152,3 +154,31 @@ async def test_local_backend_forgets_a_rate_older_than_its_max_age() -> None:
     handle.answers = [[CHUNK, trailer_event(4e-6) + DONE]]
     [c async for c in backend.stream(request, model="local-model", request_id="r3")]
     assert backend.usd_per_token() == 4e-6
+
+
+async def test_engine_body_carries_sampling_fields_and_drops_engine_knobs() -> None:
+    handle = _Handle()
+    backend = LocalBackend(LocalBackendArgs(), RoutingPolicy(), handle=handle)  # type: ignore[arg-type]
+    request = ChatCompletionRequest.model_validate(
+        {
+            "model": "local",
+            "messages": [{"role": "user", "content": "x"}],
+            "max_completion_tokens": 9,
+            "user": "u-1",
+            "seed": 7,
+            "frequency_penalty": 0.5,
+            "top_k": 20,
+            "response_format": {"type": "json_object"},
+            "priority": -100,  # vLLM's scheduler priority: not the client's to set
+            "chat_template_kwargs": {"enable_thinking": True},
+            "prompt_logprobs": 20,
+        }
+    )
+    handle.answers = [[CHUNK, USAGE, DONE]]
+    [c async for c in backend.stream(request, model="local-model", request_id="r1")]
+    (body,) = handle.bodies
+    assert body["model"] == "local-model" and body["max_tokens"] == 9 and body["stream"] is True
+    assert body["seed"] == 7 and body["frequency_penalty"] == 0.5 and body["top_k"] == 20
+    assert body["response_format"] == {"type": "json_object"}
+    assert {"priority", "chat_template_kwargs", "prompt_logprobs", "user", "max_completion_tokens"}.isdisjoint(body)
+    assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
