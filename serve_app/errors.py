@@ -32,6 +32,7 @@ class RouterError(Exception):
     status_code: ClassVar[int] = 500
     error_type: ClassVar[str] = "server_error"
     default_code: ClassVar[str | None] = None
+    default_retry_after: ClassVar[float | None] = None  # when the cause gave none (e.g. no retry-after header)
 
     def __init__(
         self,
@@ -45,7 +46,7 @@ class RouterError(Exception):
         self.message = message
         self.param = param
         self.code = code if code is not None else self.default_code
-        self.retry_after = retry_after
+        self.retry_after = retry_after if retry_after is not None else self.default_retry_after
 
     @property
     def kind(self) -> str:
@@ -117,12 +118,14 @@ class UpstreamRateLimited(UpstreamError):
     status_code = 429
     error_type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
+    # No default Retry-After: Anthropic's 429 for a spend cap has no retry-after, and retrying will not help.
 
 
 class UpstreamOverloaded(UpstreamError):
     status_code = 503
     error_type = "overloaded_error"
     default_code = "overloaded"
+    default_retry_after = 5.0  # overload is transient: tell the client when to come back even without a header
 
 
 class UpstreamTimeout(UpstreamError):

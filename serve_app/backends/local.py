@@ -117,7 +117,10 @@ class LocalBackend:
             raise UpstreamTimeout(f"the local model sent nothing for {timeout:g}s", backend="local") from exc
         except BackPressureError as exc:
             raise UpstreamUnavailable(
-                "the local model's queue is full", backend="local", code="local_saturated"
+                "the local model's queue is full",
+                backend="local",
+                code="local_saturated",
+                retry_after=getattr(exc, "retry_after_s", None) or 1,  # Serve's own hint when it gives one
             ) from exc
         except (RayError, RayServeException, DeploymentUnavailableError) as exc:
             logger.warning("local backend call failed: %s", type(exc).__name__)

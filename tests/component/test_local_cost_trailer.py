@@ -12,10 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from ray.serve.exceptions import BackPressureError
 
 from serve_app.backends.local import LocalBackend
 from serve_app.config import LocalBackendArgs, RoutingPolicy
 from serve_app.engine import RouterLLMServer
+from serve_app.errors import UpstreamUnavailable, error_headers
 from serve_app.protocol import LOCAL_COST_KEY, ChatCompletionRequest
 from serve_app.telemetry.gpu import GpuLedger, trailer_event
 
@@ -92,7 +94,7 @@ async def test_without_a_gpu_price_the_stream_passes_through_untouched() -> None
 
 
 class _Response:
-    def __init__(self, items: list[str]) -> None:
+    def __init__(self, items: list[Any]) -> None:
         self._items = iter(items)
         self.cancelled = False
 
@@ -101,7 +103,10 @@ class _Response:
 
     async def __anext__(self) -> str:
         try:
-            return next(self._items)
+            item = next(self._items)
+            if isinstance(item, BaseException):
+                raise item
+            return item
         except StopIteration:
             raise StopAsyncIteration from None
 
@@ -115,7 +120,7 @@ class _Handle:
     is_initialized = True
 
     def __init__(self) -> None:
-        self.answers: list[list[str]] = []
+        self.answers: list[list[Any]] = []
         self.bodies: list[dict[str, Any]] = []
 
     def options(self, **_: Any) -> _Handle:
@@ -182,3 +187,15 @@ async def test_engine_body_carries_sampling_fields_and_drops_engine_knobs() -> N
     assert body["response_format"] == {"type": "json_object"}
     assert {"priority", "chat_template_kwargs", "prompt_logprobs", "user", "max_completion_tokens"}.isdisjoint(body)
     assert body["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+
+
+@pytest.mark.parametrize(("hint", "header"), [(None, "1"), (4.2, "5")])
+async def test_a_full_model_queue_is_a_503_with_retry_after(hint, header) -> None:
+    handle = _Handle()
+    backend = LocalBackend(LocalBackendArgs(), RoutingPolicy(), handle=handle)  # type: ignore[arg-type]
+    request = ChatCompletionRequest.model_validate({"model": "local", "messages": [{"role": "user", "content": "x"}]})
+    handle.answers = [[BackPressureError(num_queued_requests=8, max_queued_requests=8, retry_after_s=hint)]]
+    with pytest.raises(UpstreamUnavailable) as info:
+        [c async for c in backend.stream(request, model="local-model", request_id="r1")]
+    assert info.value.status_code == 503 and info.value.code == "local_saturated"
+    assert error_headers(info.value) == {"Retry-After": header}

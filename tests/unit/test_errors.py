@@ -120,8 +120,14 @@ def test_error_headers_retry_after_rounds_up_to_whole_seconds(retry_after, heade
 
 
 def test_error_headers_empty_without_retry_after():
-    assert error_headers(make(UpstreamRateLimited)) == {}
+    assert error_headers(make(UpstreamUnavailable)) == {}
+    assert error_headers(make(UpstreamRateLimited)) == {}  # a spend-cap 429: retrying soon will not help
     assert error_headers(InvalidRequest("x")) == {}
+
+
+def test_overloaded_always_carries_retry_after():
+    assert error_headers(make(UpstreamOverloaded)) == {"Retry-After": "5"}  # the upstream sent no header
+    assert error_headers(make(UpstreamOverloaded, retry_after=30)) == {"Retry-After": "30"}  # its own wins
 
 
 def test_no_backend_available_can_carry_retry_after():
