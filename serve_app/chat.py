@@ -7,9 +7,10 @@ stream; the observation is finished by whoever ends the stream (see `ChatStream.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from serve_app.backends.base import Backend
@@ -37,9 +38,11 @@ class ChatStream:
     observation: Observation
     first: dict[str, Any]
     rest: AsyncIterator[dict[str, Any]]
+    _started: bool = field(default=False, init=False)
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """All chunks; finishes the observation however the iteration ends (done, error, cancel)."""
+        self._started = True
         outcome, error = "ok", None
         try:
             yield self.first
@@ -52,6 +55,20 @@ class ChatStream:
         finally:
             await _close(self.rest)
             self.observation.finish(outcome=outcome, error=error)
+
+    def abandon(self) -> None:
+        """Ends a stream the client left before (or while) its body was sent: the observation is finished as
+        cancelled (a no-op once `chunks()` finished it) and, when `chunks()` never ran, the backend stream is
+        closed in the background. Synchronous, so it is safe in a `finally` of a cancelled task."""
+        if not self._started:
+            self._started = True
+            task = asyncio.get_running_loop().create_task(_close(self.rest))
+            _closing.add(task)
+            task.add_done_callback(_closing.discard)
+        self.observation.finish(outcome="cancelled")
+
+
+_closing: set[asyncio.Task[None]] = set()  # strong references until the background closes are done
 
 
 class ChatService:

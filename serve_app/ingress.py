@@ -105,8 +105,8 @@ def create_app(
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id
         if chat_request.stream:
-            return StreamingResponse(
-                _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
+            return _ChatStreamResponse(
+                stream, _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
             )
         assembler = ChatAssembler()
         async for chunk in stream.chunks():
@@ -133,11 +133,26 @@ def create_app(
         model = str(stream.first.get("model") or stream.decision.model)
         if chat_request.stream:
             events = _anthropic_events(stream, message_id=message_id, model=model)
-            return StreamingResponse(events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
+            return _ChatStreamResponse(stream, events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
         chunks = [chunk async for chunk in stream.chunks()]
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
     return app
+
+
+class _ChatStreamResponse(StreamingResponse):
+    """A StreamingResponse that ends its ChatStream however the response ends, also when the client left before
+    the body iterator ever ran (then nothing else would finish the observation or close the backend stream)."""
+
+    def __init__(self, stream: ChatStream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._chat_stream = stream
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._chat_stream.abandon()
 
 
 MESSAGES_PATH = "/v1/messages"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -321,3 +322,40 @@ async def test_prompt_and_completion_reach_the_span_only_when_capture_is_opted_i
     assert json.loads(attributes["langfuse.observation.input"]) == [{"role": "user", "content": "the secret plan"}]
     answer = response.json()["choices"][0]["message"]["content"]
     assert json.loads(attributes["langfuse.observation.output"])["content"] == answer
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_a_client_gone_before_the_body_still_ends_its_observation_and_upstream(router, local, path):
+    """The client left between the first upstream chunk and the response start: the body iterator never ran."""
+    body = json.dumps(chat_body("bye", stream=True, max_tokens=8)).encode()
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {API_KEY}".encode())],
+        "client": ("127.0.0.1", 5000),
+        "server": ("router.test", 80),
+    }
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            raise OSError("the client is gone")
+
+    with pytest.raises(OSError, match="client is gone"):
+        await router.app(scope, receive, send)
+    await asyncio.sleep(0.05)  # the backend stream is closed in the background
+    (span,) = router.spans.get_finished_spans()
+    assert span.attributes["llm.outcome"] == "cancelled"
+    assert router.metrics.counter("router_requests", outcome="cancelled") == 1
+    (upstream,) = local.streams
+    assert upstream.aclosed
