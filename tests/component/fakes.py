@@ -167,3 +167,21 @@ def chat_body(text: str = "hello there", **body: Any) -> dict[str, Any]:
 def sse_events(body: str) -> list[str]:
     """The `data:` payloads of an SSE body, in order, `[DONE]` included."""
     return [line[len("data: ") :] for line in body.splitlines() if line.startswith("data: ")]
+
+
+def http_scope(path: str, headers: list[tuple[bytes, bytes]]) -> dict[str, Any]:
+    """An ASGI HTTP scope for a POST to `path`, for tests that drive the app's ASGI interface directly."""
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": headers,
+        "server": ("router.test", 80),
+        "client": ("127.0.0.1", 50000),
+    }

@@ -9,7 +9,16 @@ import pytest
 
 from serve_app.auth import ApiKeys
 from serve_app.config import AuthArgs
-from tests.component.fakes import API_KEY, chat_body, cloud_backend, local_backend, reply, router_args, sse_events
+from tests.component.fakes import (
+    API_KEY,
+    chat_body,
+    cloud_backend,
+    http_scope,
+    local_backend,
+    reply,
+    router_args,
+    sse_events,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -328,20 +337,8 @@ async def test_prompt_and_completion_reach_the_span_only_when_capture_is_opted_i
 async def test_a_client_gone_before_the_body_still_ends_its_observation_and_upstream(router, local, path):
     """The client left between the first upstream chunk and the response start: the body iterator never ran."""
     body = json.dumps(chat_body("bye", stream=True, max_tokens=8)).encode()
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-type", b"application/json"), (b"authorization", f"Bearer {API_KEY}".encode())],
-        "client": ("127.0.0.1", 5000),
-        "server": ("router.test", 80),
-    }
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {API_KEY}".encode())]
+    scope = http_scope(path, headers)
     messages = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict:

@@ -22,7 +22,7 @@ from serve_app.errors import (
     UpstreamUnavailable,
 )
 from tests.component.conftest import MakeRouter, Router
-from tests.component.fakes import API_KEY, HANG, chat_body, reply, router_args, sse_events
+from tests.component.fakes import API_KEY, HANG, chat_body, http_scope, reply, router_args, sse_events
 from tests.support.anthropic_standin import AnthropicStandIn
 
 pytestmark = pytest.mark.timeout(30)
@@ -241,20 +241,7 @@ async def _disconnect_after_first_body(router: Router, body: dict[str, Any]) -> 
             body_sent.set()
 
     headers = [(b"authorization", f"Bearer {API_KEY}".encode()), (b"content-type", b"application/json")]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "headers": headers,
-        "server": ("router.test", 80),
-        "client": ("127.0.0.1", 50000),
-        "root_path": "",
-    }
+    scope = http_scope("/v1/chat/completions", headers)
     await router.app(scope, receive, send)
     return sent
 
