@@ -75,9 +75,9 @@ def to_chat_request(body: Any) -> ChatCompletionRequest:
     if tool_choice:
         chat.update(_tool_choice(tool_choice))
     user_id = (_typed(body, "metadata", Mapping) or {}).get("user_id")
-    if user_id is not None:
-        if not isinstance(user_id, str):
-            raise InvalidRequest("metadata.user_id: a string is required", param="metadata.user_id")
+    if user_id is not None and not isinstance(user_id, str):
+        raise InvalidRequest("metadata.user_id: a string is required", param="metadata.user_id")
+    if user_id:
         chat["user"] = user_id
     try:
         return ChatCompletionRequest.model_validate(chat)
