@@ -128,7 +128,14 @@ class TelemetryArgs(_Args):
     service_name: str = Field(default="hybrid-llm-router", description="OTel service.name (OTEL_SERVICE_NAME wins).")
     environment: str = Field(default="local", description="deployment.environment.name in traces and Langfuse.")
     tracing: bool = Field(default=True, description="Export spans when an OTLP endpoint is configured.")
-    sampling_ratio: float = Field(default=1.0, ge=0, le=1, description="Parent-based trace-id ratio sampling.")
+    sampling_ratio: float = Field(
+        default=1.0,
+        ge=0,
+        le=1,
+        description="Trace-id ratio for requests that start a trace (no `traceparent`); a sampled parent is "
+        "followed, and an unsampled one never drops the span (it is also the Langfuse generation). Below 1, "
+        "Langfuse generations thin too.",
+    )
     capture_content: bool = Field(default=False, description="Put prompt and completion text on spans (opt-in).")
     langfuse: bool = Field(default=True, description="Send generations to Langfuse when its keys are set.")
     export_queue_size: int = Field(default=2048, ge=16, description="Span queue bound; beyond it spans are dropped.")

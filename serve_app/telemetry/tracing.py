@@ -17,7 +17,7 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, TraceIdRatioBased
 
 from serve_app.config import TelemetryArgs
 
@@ -45,10 +45,24 @@ def build_resource(args: TelemetryArgs, environ: Mapping[str, str]) -> Resource:
     )
 
 
+def build_sampler(args: TelemetryArgs) -> ParentBased:
+    """`sampling_ratio` for requests that start a trace; a sampled parent is followed; an unsampled one is not.
+
+    The router's span is also the request's Langfuse generation and cost record, so a client's (or Ray Serve's)
+    decision not to sample its own trace must not erase it: under an unsampled parent the span is still
+    recorded and exported, in the parent's trace.
+    """
+    return ParentBased(
+        root=TraceIdRatioBased(args.sampling_ratio),
+        remote_parent_not_sampled=ALWAYS_ON,
+        local_parent_not_sampled=ALWAYS_ON,
+    )
+
+
 def build_tracer_provider(args: TelemetryArgs, environ: Mapping[str, str]) -> TracerProvider:
     return TracerProvider(
         resource=build_resource(args, environ),
-        sampler=ParentBased(TraceIdRatioBased(args.sampling_ratio)),
+        sampler=build_sampler(args),
         shutdown_on_exit=False,  # Telemetry.shutdown bounds the wait; the SDK's atexit hook would not
     )
 

@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from serve_app.config import RouterArgs
 from serve_app.errors import UpstreamOverloaded
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+from serve_app.telemetry.tracing import build_sampler
 
 EPS = 1e-9
 SONNET = {"input": 3.0, "output": 15.0, "cache_write": 3.75, "cache_read": 0.30}
@@ -469,3 +470,27 @@ def test_client_traceparent_wins_and_client_baggage_is_ignored() -> None:
     span = exporter.get_finished_spans()[0]
     assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
     assert "user.id" not in span.attributes
+
+
+@pytest.mark.parametrize(
+    ("ratio", "traceparent", "recorded"),
+    [
+        (1.0, TRACEPARENT[:-2] + "00", True),  # the client does not sample its trace: the generation stays
+        (0.0, TRACEPARENT[:-2] + "00", True),
+        (0.0, TRACEPARENT, True),  # a sampled parent is followed whatever the ratio
+        (0.0, None, False),  # the ratio governs only requests that start a trace
+        (1.0, None, True),
+    ],
+)
+def test_sampler_never_drops_a_request_span_for_an_unsampled_parent(ratio, traceparent, recorded) -> None:
+    args = RouterArgs.model_validate({"cloud": {"enabled": False}, "telemetry": {"sampling_ratio": ratio}})
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider(sampler=build_sampler(args.telemetry))
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    telemetry = Telemetry.from_args(args, tracer_provider=provider, meter=InMemoryMetricsSink(), langfuse=False)
+    obs = begin(telemetry, headers={"traceparent": traceparent} if traceparent else {})
+    obs.finish(outcome="ok")
+    spans = exporter.get_finished_spans()
+    assert len(spans) == (1 if recorded else 0)
+    if recorded and traceparent:
+        assert f"{spans[0].context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
