@@ -12,6 +12,8 @@ import pytest
 import yaml
 from deploy_support import REPO, SCHEMAS, load_json
 
+from serve_app.telemetry.tracing import TRACER_NAME
+
 HELM = SCHEMAS / "helm"
 VALUES = REPO / "observability" / "values"
 KPS_RELEASE = "prometheus"
@@ -197,7 +199,10 @@ def test_collector_receives_otlp_and_exports_to_tempo():
 def test_langfuse_overlay_filters_router_spans_and_reads_auth_from_a_secret():
     overlay = load(VALUES / "opentelemetry-collector-langfuse.yaml")
     pipeline = overlay["config"]["service"]["pipelines"]["traces/langfuse"]
-    assert any(p.startswith("filter/") for p in pipeline["processors"])
+    (name,) = [p for p in pipeline["processors"] if p.startswith("filter/")]
+    # The filter drops what is not the router's scope, so every router span (failed ones too) gets through.
+    (condition,) = overlay["config"]["processors"][name]["traces"]["span"]
+    assert condition == f'instrumentation_scope.name != "{TRACER_NAME}"'
     (exporter,) = pipeline["exporters"]
     headers = overlay["config"]["exporters"][exporter]["headers"]
     assert headers["Authorization"] == "${env:LANGFUSE_AUTH}"
