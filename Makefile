@@ -44,9 +44,13 @@ serve: install
 	@mkdir -p $(STATE)
 	@[ -s $(STATE)/dev-api-key ] || $(PY) -c "import secrets; print('sk-local-' + secrets.token_urlsafe(24))" > $(STATE)/dev-api-key
 	@chmod 600 $(STATE)/dev-api-key
-	@$(BIN)/ray status >/dev/null 2>&1 || HYBRID_LLM_API_KEYS="$${HYBRID_LLM_API_KEYS:-$$(cat $(STATE)/dev-api-key)}" \
+	@if $(BIN)/ray status >/dev/null 2>&1; then \
+	  echo "Ray is already running: replicas keep the environment it started with; run 'make stop' first for a" \
+	    "changed LOCAL_MODEL, ANTHROPIC_API_KEY or HYBRID_LLM_API_KEYS to take effect."; \
+	else HYBRID_LLM_API_KEYS="$${HYBRID_LLM_API_KEYS:-$$(cat $(STATE)/dev-api-key)}" \
 	  $(BIN)/ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
-	  --dashboard-port=$(DASHBOARD_PORT) --metrics-export-port=$(METRICS_PORT) --num-cpus=8 --disable-usage-stats >/dev/null
+	  --dashboard-port=$(DASHBOARD_PORT) --metrics-export-port=$(METRICS_PORT) --num-cpus=8 --disable-usage-stats >/dev/null; \
+	fi
 	$(BIN)/serve deploy serve_config.local.yaml
 	@$(PY) -m serve_app.devserver wait --port $(PORT) --key-file $(STATE)/dev-api-key \
 	  --dashboard-port $(DASHBOARD_PORT) --metrics-port $(METRICS_PORT)
