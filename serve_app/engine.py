@@ -56,7 +56,7 @@ class RouterLLMServer(LLMServer):
             yield _error_event(str(exc), "invalid_request_error", 400)
             return
         ledger = self._ledger
-        started = ledger.now() if ledger is not None else 0.0
+        started = ledger.begin() if ledger is not None else 0.0
         usage_text, done = "", ""
         completed = False
         try:

@@ -83,9 +83,15 @@ class LocalUsageWindow:
     busy: tuple[tuple[float, float], ...] = ()
 
     def add(self, *, now: float, tokens: int, busy_from: float | None = None) -> LocalUsageWindow:
-        """The window after a local request that ended at `now`, served `tokens`, and began at `busy_from`."""
+        """The window after a local request that ended at `now`, served `tokens`, and began at `busy_from`.
+
+        A request longer than the window keeps only its in-window share of tokens (served evenly over its
+        life), as only that share of its busy time is in the window; otherwise it would make the rate too low.
+        """
         horizon = now - self.window_s
         second = int(now)
+        if tokens > 0 and busy_from is not None and now - busy_from > self.window_s:
+            tokens = max(1, round(tokens * self.window_s / (now - busy_from)))
         kept = [(s, n) for s, n in self.tokens if s >= horizon - 1]
         if tokens > 0:
             if kept and kept[-1][0] == second:
@@ -101,9 +107,13 @@ class LocalUsageWindow:
         horizon = now - self.window_s
         return sum(n for s, n in self.tokens if s + 1 > horizon)
 
-    def busy_seconds(self, *, now: float) -> float:
+    def busy_seconds(self, *, now: float, busy_since: float | None = None) -> float:
+        """Busy seconds in the window; `busy_since` adds requests still running since then (up to `now`)."""
         horizon = max(now - self.window_s, self.origin)
-        return sum(max(0.0, min(b, now) - max(a, horizon)) for a, b in self.busy)
+        intervals = list(self.busy)
+        if busy_since is not None and now > busy_since:
+            intervals = _merge([*intervals, (busy_since, now)])
+        return sum(max(0.0, min(b, now) - max(a, horizon)) for a, b in intervals)
 
     def observed_seconds(self, *, now: float) -> float:
         return max(0.0, min(self.window_s, now - self.origin))
@@ -115,10 +125,12 @@ class LocalUsageWindow:
             return None
         return gpu_usd_per_hour * self.busy_seconds(now=now) / _SECONDS_PER_HOUR / served
 
-    def spend(self, *, now: float, gpu_usd_per_hour: float) -> GpuSpend:
-        """The GPU price per hour split by the busy fraction of the observed part of the window."""
+    def spend(self, *, now: float, gpu_usd_per_hour: float, busy_since: float | None = None) -> GpuSpend:
+        """The GPU price per hour split by the busy fraction of the observed part of the window (requests still
+        running since `busy_since` count as busy now, not only once they end)."""
         observed = self.observed_seconds(now=now)
-        busy_fraction = min(1.0, self.busy_seconds(now=now) / observed) if observed > 0 else 0.0
+        busy = self.busy_seconds(now=now, busy_since=busy_since)
+        busy_fraction = min(1.0, busy / observed) if observed > 0 else 0.0
         allocated = gpu_usd_per_hour * busy_fraction
         return GpuSpend(allocated_usd_per_hour=allocated, idle_usd_per_hour=gpu_usd_per_hour - allocated)
 

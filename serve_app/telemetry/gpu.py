@@ -40,6 +40,7 @@ class GpuLedger:
         self._metrics = metrics
         self._clock = clock
         self._window = LocalUsageWindow(window_s=window_s, origin=clock())
+        self._running: list[float] = []  # start times of requests begun and not yet served
 
     @classmethod
     def from_experimental(cls, configs: dict[str, Any], metrics: RouterMetrics | None) -> GpuLedger | None:
@@ -52,9 +53,18 @@ class GpuLedger:
     def now(self) -> float:
         return self._clock()
 
+    def begin(self) -> float:
+        """Marks a request as running from now (the spend gauges count it as busy at once); returns its start,
+        to be passed to `served` when it ends however it ends."""
+        started = self._clock()
+        self._running.append(started)
+        return started
+
     def served(self, *, started: float, tokens: int) -> float | None:
         """Records a request that began at `started` and served `tokens`; returns the USD per token after it."""
         now = self._clock()
+        if started in self._running:
+            self._running.remove(started)
         self._window = self._window.add(now=now, tokens=max(tokens, 0), busy_from=started)
         self.publish(now)
         return self.usd_per_token(now)
@@ -68,7 +78,11 @@ class GpuLedger:
         if self._metrics is None:
             return
         try:
-            spend = self._window.spend(now=self._clock() if now is None else now, gpu_usd_per_hour=self.usd_per_hour)
+            spend = self._window.spend(
+                now=self._clock() if now is None else now,
+                gpu_usd_per_hour=self.usd_per_hour,
+                busy_since=min(self._running) if self._running else None,
+            )
             self._metrics.gpu_spend(
                 allocated_usd_per_hour=spend.allocated_usd_per_hour, idle_usd_per_hour=spend.idle_usd_per_hour
             )

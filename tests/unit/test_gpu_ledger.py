@@ -69,6 +69,29 @@ def test_a_cancelled_stream_counts_its_busy_time_and_partial_tokens() -> None:
     assert gpu.served(started=clock.t - 1.0, tokens=20) == pytest.approx(0.002 / 20, abs=EPS)
 
 
+def test_a_running_request_counts_as_busy_before_it_ends() -> None:
+    gpu, sink, clock = ledger(price=2.0)
+    clock.t += 10.0  # 10 s idle since the ledger started
+    started = gpu.begin()
+    clock.t += 30.0  # a long generation, still running
+    gpu.publish()
+    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="allocated") == pytest.approx(2.0 * 30 / 40)
+    assert gpu.usd_per_token() is None  # its tokens are not known yet, so there is no rate
+    gpu.served(started=started, tokens=300)
+    clock.t += 10.0
+    gpu.publish()  # ended: busy 30 of 50 observed seconds, no longer open-ended
+    assert sink.gauge("router_gpu_cost_usd_per_hour", kind="allocated") == pytest.approx(2.0 * 30 / 50)
+
+
+def test_a_request_longer_than_the_window_keeps_only_its_in_window_share_of_tokens() -> None:
+    gpu, _, clock = ledger(price=3.6, window_s=300.0)
+    started = gpu.begin()
+    clock.t += 1000.0
+    rate = gpu.served(started=started, tokens=1000)
+    # 300 of its 1000 busy seconds are in the window, and so are 300 of its 1000 tokens: 0.3 USD / 300 tokens
+    assert rate == pytest.approx(3.6 * 300 / 3600 / 300, abs=EPS)
+
+
 def test_ledger_only_exists_when_the_model_application_sets_a_price() -> None:
     assert GpuLedger.from_experimental({}, None) is None
     assert GpuLedger.from_experimental({PRICE_KEY: 0.0, WINDOW_KEY: 60}, None) is None
