@@ -350,9 +350,24 @@ async def test_a_client_gone_before_the_body_still_ends_its_observation_and_upst
 
     with pytest.raises(OSError, match="client is gone"):
         await router.app(scope, receive, send)
-    await asyncio.sleep(0.05)  # the backend stream is closed in the background
+    (upstream,) = local.streams
+    for _ in range(100):  # the backend stream is closed in the background
+        if upstream.aclosed:
+            break
+        await asyncio.sleep(0.01)
     (span,) = router.spans.get_finished_spans()
     assert span.attributes["llm.outcome"] == "cancelled"
     assert router.metrics.counter("router_requests", outcome="cancelled") == 1
-    (upstream,) = local.streams
     assert upstream.aclosed
+
+
+async def test_a_saturated_local_model_spills_auto_to_the_cloud_with_the_reason(make_router):
+    local, cloud = local_backend(inflight=8), cloud_backend()  # router_args: saturation_inflight 8
+    client = make_router(local=local, cloud=cloud).client()
+    response = await client.post("/v1/chat/completions", json=chat_body())
+    assert response.status_code == 200
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("cloud", "local_saturated")
+    assert local.calls == [] and len(cloud.calls) == 1
+    local.inflight = 7  # one slot free: local again
+    response = await client.post("/v1/chat/completions", json=chat_body())
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("local", "policy_local")

@@ -11,7 +11,7 @@ import pytest
 
 from serve_app.errors import InvalidRequest, UpstreamRejected
 from serve_app.ingress import parse_chat_request
-from tests.component.fakes import chat_body, cloud_backend, local_backend
+from tests.component.fakes import chat_body, cloud_backend, local_backend, router_args
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -219,6 +219,29 @@ async def test_ingress_cloud_alias_without_cloud_backend_is_404(make_router):
     router = make_router(cloud=None)
     response = await router.client().post("/v1/chat/completions", json=chat_body(model="cloud"))
     assert assert_openai_error(response, 404)["code"] == "model_not_found"
+
+
+async def test_ingress_cloud_without_a_key_is_503_and_auto_stays_local(make_router):
+    local, cloud = local_backend(), cloud_backend(ready=False, detail="no Anthropic API key configured")
+    # A rule sends every `auto` request to the cloud, so only the cloud's readiness keeps it local.
+    args = router_args(routing={"rules": [{"name": "all_cloud", "backend": "cloud", "min_prompt_tokens": 1}]})
+    client = make_router(local=local, cloud=cloud, args=args).client()
+    response = await client.post("/v1/chat/completions", json=chat_body(model="cloud"))
+    error = assert_openai_error(response, 503)
+    assert "no Anthropic API key" in error["message"] and cloud.calls == []
+    response = await client.post("/v1/chat/completions", json=chat_body())
+    assert response.status_code == 200
+    assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("local", "cloud_unavailable")
+    assert cloud.calls == [] and len(local.calls) == 1
+
+
+async def test_ingress_explicit_local_while_the_model_loads_is_503_at_once(make_router):
+    local = local_backend(ready=False, detail="no running replica (loading or restarting)")
+    client = make_router(local=local).client()
+    response = await client.post("/v1/chat/completions", json=chat_body(model="local"))
+    error = assert_openai_error(response, 503)
+    assert response.headers["retry-after"] == "5" and "not serving" in error["message"]
+    assert local.calls == []  # never sent to a handle with no replica
 
 
 async def test_ingress_upstream_rejection_keeps_its_status_and_message(router, client, local):

@@ -133,8 +133,15 @@ def test_client_traceparent_is_continued(platform, traffic):
 
 
 def test_prompt_text_is_not_captured_by_default(platform, traffic):
-    for span in platform.otlp.spans:
+    ids = [seen.request_id for seen in traffic]
+    _wait(lambda: all(_router_spans(platform.otlp, i) for i in ids), what="router spans for every request")
+    spans = [s for i in ids for s in _router_spans(platform.otlp, i)]
+    assert len(spans) == len(traffic)  # checked on the spans of this traffic, not on whatever had arrived
+    for span in platform.otlp.spans:  # the engine's and Serve's spans as well as the router's
         flat = json.dumps(span.attributes, default=str)
+        assert "telemetry local" not in flat and "telemetry cloud" not in flat
+    for generation in platform.langfuse.generations():
+        flat = json.dumps(generation.attributes, default=str)
         assert "telemetry local" not in flat and "telemetry cloud" not in flat
 
 

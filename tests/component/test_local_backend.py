@@ -1,12 +1,14 @@
-"""The GPU ledger's trailer between the model replica and the router.
+"""The local backend against a scripted DeploymentHandle, and the model replica's side of the GPU-cost trailer.
 
 The model replica (RouterLLMServer.chat_json, with vLLM's own chat stubbed out) books every stream in its
-ledger and writes the trailer once, in the same item as `[DONE]`, only when the stream finished; the local
-backend (with a stand-in handle) keeps the rate and never passes the trailer on as a chunk.
+ledger and writes the trailer once, in the same item as `[DONE]`, only when the stream finished. The local
+backend (with a stand-in handle) keeps the rate and never passes the trailer on as a chunk, bounds every wait
+with its timeouts, counts its in-flight calls and sends the engine only the fields it allows.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +19,7 @@ from ray.serve.exceptions import BackPressureError
 from serve_app.backends.local import LocalBackend
 from serve_app.config import LocalBackendArgs, RoutingPolicy
 from serve_app.engine import RouterLLMServer
-from serve_app.errors import UpstreamUnavailable, error_headers
+from serve_app.errors import UpstreamTimeout, UpstreamUnavailable, error_headers
 from serve_app.protocol import LOCAL_COST_KEY, ChatCompletionRequest
 from serve_app.telemetry.gpu import GpuLedger, trailer_event
 
@@ -40,6 +42,7 @@ def _data(payload: dict[str, Any]) -> str:
 CHUNK = _data({"choices": [{"index": 0, "delta": {"content": "hey"}}], "usage": {"total_tokens": 7}})
 USAGE = _data({"choices": [], "usage": {"prompt_tokens": 6, "completion_tokens": 4, "total_tokens": 10}})
 DONE = "data: [DONE]\n\n"
+HANG = object()
 
 
 class _Server(RouterLLMServer):
@@ -104,11 +107,13 @@ class _Response:
     async def __anext__(self) -> str:
         try:
             item = next(self._items)
-            if isinstance(item, BaseException):
-                raise item
-            return item
         except StopIteration:
             raise StopAsyncIteration from None
+        if item is HANG:
+            await asyncio.Event().wait()  # an engine that never sends: only a timeout or a cancel ends this
+        if isinstance(item, BaseException):
+            raise item
+        return item
 
     def cancel(self) -> None:
         self.cancelled = True
@@ -122,13 +127,18 @@ class _Handle:
     def __init__(self) -> None:
         self.answers: list[list[Any]] = []
         self.bodies: list[dict[str, Any]] = []
+        self.responses: list[_Response] = []
 
     def options(self, **_: Any) -> _Handle:
         return self
 
     def remote(self, body: dict[str, Any]) -> _Response:
         self.bodies.append(body)
-        return _Response(self.answers.pop(0))
+        self.responses.append(_Response(self.answers.pop(0)))
+        return self.responses[-1]
+
+    def running_replicas_populated(self) -> bool:
+        return True
 
 
 async def test_local_backend_keeps_the_reported_rate_and_never_yields_the_trailer() -> None:
@@ -199,3 +209,46 @@ async def test_a_full_model_queue_is_a_503_with_retry_after(hint, header) -> Non
         [c async for c in backend.stream(request, model="local-model", request_id="r1")]
     assert info.value.status_code == 503 and info.value.code == "local_saturated"
     assert error_headers(info.value) == {"Retry-After": header}
+
+
+def _request() -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate({"model": "local", "messages": [{"role": "user", "content": "x"}]})
+
+
+@pytest.mark.parametrize(
+    ("answer", "waited"),
+    [([HANG], "first_chunk_timeout_s"), ([CHUNK, HANG], "chunk_timeout_s")],
+    ids=["before_the_first_chunk", "between_chunks"],
+)
+async def test_an_engine_that_stops_sending_is_a_504_and_the_call_is_cancelled(answer, waited) -> None:
+    handle = _Handle()
+    args = LocalBackendArgs(first_chunk_timeout_s=0.05, chunk_timeout_s=0.08)
+    backend = LocalBackend(args, RoutingPolicy(), handle=handle)  # type: ignore[arg-type]
+    handle.answers = [answer]
+    got: list[dict[str, Any]] = []
+    with pytest.raises(UpstreamTimeout) as info:
+        async for chunk in backend.stream(_request(), model="local-model", request_id="r1"):
+            got.append(chunk)
+    assert info.value.status_code == 504
+    assert f"{getattr(args, waited):g}s" in info.value.message  # the timeout that applied is the one named
+    assert len(got) == len(answer) - 1
+    assert handle.responses[0].cancelled  # the engine stops working on it
+    assert backend.state().inflight == 0
+
+
+async def test_in_flight_counts_calls_while_they_stream_and_none_after_any_ending() -> None:
+    handle = _Handle()
+    backend = LocalBackend(LocalBackendArgs(), RoutingPolicy(), handle=handle)  # type: ignore[arg-type]
+    handle.answers = [[CHUNK, USAGE, DONE], [CHUNK, USAGE, DONE], [CHUNK, RuntimeError("replica died")]]
+    first = backend.stream(_request(), model="local-model", request_id="r1")
+    second = backend.stream(_request(), model="local-model", request_id="r2")
+    await anext(first)
+    await anext(second)
+    assert backend.state().inflight == 2
+    [c async for c in first]  # finished
+    assert backend.state().inflight == 1
+    await second.aclose()  # the client went away mid-stream
+    assert backend.state().inflight == 0 and handle.responses[1].cancelled
+    with pytest.raises(RuntimeError):
+        [c async for c in backend.stream(_request(), model="local-model", request_id="r3")]
+    assert backend.state().inflight == 0
