@@ -98,13 +98,18 @@ def begin(telemetry: Telemetry, **overrides: Any):
     return telemetry.begin(**kwargs)
 
 
+def routed_cloud(obs: Any) -> None:
+    """The router's call for an explicit `cloud` request answered by Sonnet."""
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+
+
 async def test_observation_ok_stream_sets_genai_and_langfuse_attributes() -> None:
     telemetry, exporter, sink, clock = make()
     obs = begin(telemetry, headers={"TraceParent": TRACEPARENT}, user="u-1", session_id="s-1")
     clock.t += 0.002
-    obs.routed(
-        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
-    )
+    routed_cloud(obs)
     usage = {
         "prompt_tokens": 1350,
         "completion_tokens": 40,
@@ -190,9 +195,7 @@ async def test_observation_finish_is_idempotent() -> None:
 async def test_observation_cancelled_mid_stream_keeps_partial_usage() -> None:
     telemetry, exporter, sink, _ = make()
     obs = begin(telemetry)
-    obs.routed(
-        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
-    )
+    routed_cloud(obs)
     closed = asyncio.Event()
 
     async def backend() -> AsyncIterator[dict]:
@@ -234,9 +237,7 @@ async def test_observation_cancelled_mid_stream_keeps_partial_usage() -> None:
 async def test_observation_error_records_router_error_kind() -> None:
     telemetry, exporter, sink, _ = make()
     obs = begin(telemetry, stream=False)
-    obs.routed(
-        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
-    )
+    routed_cloud(obs)
 
     async def failing() -> AsyncIterator[dict]:
         raise UpstreamOverloaded("busy", backend="cloud")
@@ -333,9 +334,7 @@ async def test_observation_early_end_counts_at_least_the_streamed_content_chunks
     # Anthropic: message_start says output_tokens 1; the real count would only come with message_delta
     telemetry, exporter, sink, clock = make()
     obs = begin(telemetry)
-    obs.routed(
-        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
-    )
+    routed_cloud(obs)
     start = chunk("", usage={"prompt_tokens": 200, "completion_tokens": 1})
     async for _ in obs.observe(stream([start, *(chunk(w) for w in "abcde")], clock)):
         pass
@@ -350,9 +349,7 @@ async def test_observation_early_end_counts_at_least_the_streamed_content_chunks
 async def test_observation_finished_stream_keeps_the_reported_count() -> None:
     telemetry, exporter, _, clock = make()
     obs = begin(telemetry)
-    obs.routed(
-        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
-    )
+    routed_cloud(obs)
     chunks = [chunk("ab", usage={"prompt_tokens": 10, "completion_tokens": 1}), chunk("cd"), chunk("ef")]
     chunks.append(chunk(None, finish="stop", usage={"prompt_tokens": 10, "completion_tokens": 2}))
     async for _ in obs.observe(stream(chunks, clock)):
@@ -365,9 +362,7 @@ async def test_observation_finished_stream_keeps_the_reported_count() -> None:
 async def test_observation_without_reported_usage_estimates_and_flags_it() -> None:
     telemetry, exporter, _, clock = make()
     obs = begin(telemetry, prompt_tokens_estimated=77)
-    obs.routed(
-        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
-    )
+    routed_cloud(obs)
     assert obs.cost_usd is None
     async for _ in obs.observe(stream([chunk("a"), chunk("b"), chunk("c")], clock)):
         pass
@@ -382,9 +377,7 @@ async def test_observation_without_reported_usage_estimates_and_flags_it() -> No
 async def test_observation_cost_usd_is_live_once_usage_is_known() -> None:
     telemetry, _, _, clock = make()
     obs = begin(telemetry)
-    obs.routed(
-        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
-    )
+    routed_cloud(obs)
     async for _ in obs.observe(stream([chunk("a", usage={"prompt_tokens": 1000, "completion_tokens": 0})], clock)):
         assert obs.cost_usd == pytest.approx(0.003, abs=EPS)
     obs.finish(outcome="ok")
