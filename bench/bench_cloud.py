@@ -6,6 +6,8 @@ Sides, interleaved request by request at c=1 and in alternating batches at c=16:
     router         POST /v1/chat/completions, model "cloud", through the Ray Serve proxy and the router
                    (telemetry on: OTLP + Langfuse exporting to loopback receivers, as deployed)
     router-notel   the same router app with telemetry off, at /notel in the same cluster
+    router-httpx   the same router app (telemetry on) with `cloud.http_client: httpx`, the Anthropic SDK's default
+                   transport, at /httpx: the A/B for the default aiohttp transport
     forwarder      bench/forwarder.py at /forwarder in the same cluster: a bare FastAPI + httpx forwarder under
                    the same Serve ingress, i.e. what Ray Serve itself costs before the router does anything
     direct         POST /v1/messages straight to the stand-in (what the router itself sends upstream)
@@ -129,6 +131,7 @@ async def measure(s: common.Session, *, quick: bool) -> dict[str, Any]:
     urls = {
         "router": s.router_url + "/v1/chat/completions",
         "router-notel": s.notel_url + "/v1/chat/completions",
+        "router-httpx": s.httpx_url + "/v1/chat/completions",
         "forwarder": s.forwarder_url + "/v1/chat/completions",
         "direct": s.standin_url + "/v1/messages",
     }
@@ -166,6 +169,7 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     targets = {
         "router": (s.router_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
         "router-notel": (s.notel_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
+        "router-httpx": (s.httpx_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
         "forwarder": (s.forwarder_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
         "direct": (s.standin_url + "/v1/messages", direct_body(False), DIRECT_HEADERS),
     }
@@ -231,6 +235,8 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
         added[f"{key} router-direct ({metric[:-3]})"] = _added(block["router"], block["direct"], metric)
         if "router-notel" in block:
             added[f"{key} notel-direct ({metric[:-3]})"] = _added(block["router-notel"], block["direct"], metric)
+        if "router-httpx" in block:
+            added[f"{key} router-httpx ({metric[:-3]})"] = _added(block["router"], block["router-httpx"], metric)
         if "forwarder" in block:
             added[f"{key} forwarder-direct ({metric[:-3]})"] = _added(block["forwarder"], block["direct"], metric)
             added[f"{key} router-forwarder ({metric[:-3]})"] = _added(block["router"], block["forwarder"], metric)

@@ -49,6 +49,7 @@ CLOUD_MODEL = "claude-sonnet-4-6"
 ANTHROPIC_VERSION = "2023-06-01"
 NOTEL_PREFIX = "/notel"  # a second router application with telemetry off, in the same cluster
 OTLP_ONLY_PREFIX = "/otlp-only"  # a third with OTLP on and Langfuse off: Langfuse fed by the Collector instead
+HTTPX_PREFIX = "/httpx"  # a fourth, as deployed but with the Anthropic SDK on its default httpx transport
 FORWARDER_PREFIX = "/forwarder"  # bench/forwarder.py: a bare FastAPI forwarder, Ray Serve's floor
 INGRESS_PREFIX = "/ray-ingress"  # bench/ray_ingress.py: Ray Serve LLM's OpenAiIngress on the same LLMServer
 
@@ -292,6 +293,7 @@ RAY_INGRESS_APP = {
 }
 TELEMETRY_OFF = {"telemetry": {"tracing": False, "langfuse": False}}
 LANGFUSE_OFF = {"telemetry": {"langfuse": False}}
+HTTPX_TRANSPORT = {"cloud": {"http_client": "httpx"}}
 
 
 @dataclass
@@ -317,6 +319,10 @@ class Session:
     @property
     def otlp_only_url(self) -> str:
         return self.platform.base_url + OTLP_ONLY_PREFIX
+
+    @property
+    def httpx_url(self) -> str:
+        return self.platform.base_url + HTTPX_PREFIX
 
     @property
     def forwarder_url(self) -> str:
@@ -360,6 +366,7 @@ def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True)
         extra_routers={
             "router-notel": (NOTEL_PREFIX, TELEMETRY_OFF),
             "router-otlp": (OTLP_ONLY_PREFIX, LANGFUSE_OFF),
+            "router-httpx": (HTTPX_PREFIX, HTTPX_TRANSPORT),
         },
         extra_apps=[FORWARDER_APP, RAY_INGRESS_APP] if with_model else [FORWARDER_APP],
         apps=("llm", "router") if with_model else ("router",),
@@ -488,6 +495,8 @@ def _group(cmdline: str) -> str:
         return "router-notel"
     if "ServeReplica:router-otlp:" in cmdline:
         return "router-otlp"
+    if "ServeReplica:router-httpx:" in cmdline:
+        return "router-httpx"
     if "ServeReplica:router:" in cmdline:
         return "router"
     if "ServeReplica:forwarder:" in cmdline:

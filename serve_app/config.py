@@ -54,6 +54,11 @@ class CloudBackendArgs(_Args):
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout.")
     max_retries: int = Field(default=2, ge=0, le=10, description="SDK retries (honouring retry-after).")
     base_url: str | None = Field(default=None, description="Overrides ANTHROPIC_BASE_URL when set.")
+    http_client: Literal["aiohttp", "httpx"] = Field(
+        default="aiohttp",
+        description="HTTP transport under the Anthropic SDK: `aiohttp` (the SDK's DefaultAioHttpClient; about a third "
+        "less router CPU per request, docs/benchmarks.md) or `httpx` (the SDK's default transport).",
+    )
 
     @property
     def model_ids(self) -> list[str]:

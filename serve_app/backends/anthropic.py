@@ -1,7 +1,7 @@
 """The cloud backend: Anthropic Messages API through `anthropic.AsyncAnthropic`, and the one error map.
 
-It owns the client, the upstream HTTP stream and the SDK/httpx2 exceptions; translation lives in
-`anthropic_mapping` (pure). It never logs the API key and never lets it into an error message.
+It owns the client (on aiohttp or httpx2), the upstream HTTP stream and the SDK and transport exceptions;
+translation lives in `anthropic_mapping` (pure). It never logs the API key and never lets it into an error message.
 """
 
 from __future__ import annotations
@@ -15,8 +15,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import aiohttp
 import anthropic
 import httpx2
+from aiohttp.http_exceptions import HttpProcessingError
 from anthropic._response import StreamAlreadyConsumed
 from anthropic.lib._extras._common import MissingDependencyError
 from anthropic.lib.credentials._workload import WorkloadIdentityError
@@ -68,13 +70,21 @@ def _from_status(exc: anthropic.APIStatusError, backend: str, secret: str | None
 
 def _fixed(cls: type[UpstreamError], message: str) -> Callable[[Any, str, str | None], RouterError]:
     def build(exc: BaseException, backend: str, secret: str | None) -> RouterError:
-        return cls(f"{message}: {redact(str(exc), secret)}", backend=backend)
+        return cls(f"{message}: {redact(_text(exc), secret)}", backend=backend)
 
     return build
 
 
 def _internal(exc: BaseException, backend: str, secret: str | None) -> RouterError:
-    return RouterError(f"internal error using the Anthropic SDK ({type(exc).__name__}): {redact(str(exc), secret)}")
+    return RouterError(f"internal error using the Anthropic SDK ({type(exc).__name__}): {redact(_text(exc), secret)}")
+
+
+def _text(exc: BaseException) -> str:
+    """`str(exc)`, or the class name when the exception cannot describe itself (the error path must not raise)."""
+    try:
+        return str(exc)
+    except Exception:
+        return type(exc).__name__
 
 
 # Most specific first; the first rule whose type the exception is an instance of wins. The last two are the
@@ -97,6 +107,10 @@ RULES: tuple[_Rule, ...] = (
     _Rule(httpx2.TimeoutException, _fixed(UpstreamTimeout, "Anthropic stream timed out")),
     _Rule(httpx2.TransportError, _fixed(UpstreamUnavailable, "Anthropic stream broke off")),
     _Rule(httpx2.StreamError, _fixed(UpstreamUnavailable, "Anthropic stream unusable")),
+    # aiohttp transport (cloud.http_client): the SDK's transport translates most aiohttp errors into the httpx2
+    # ones above; these are what it lets through while the body streams.
+    _Rule(aiohttp.ClientError, _fixed(UpstreamUnavailable, "Anthropic stream broke off")),
+    _Rule(HttpProcessingError, _fixed(UpstreamUnavailable, "Anthropic sent a malformed HTTP response")),
     _Rule(anthropic.APIError, _fixed(UpstreamError, "Anthropic API error")),
     _Rule(anthropic.AnthropicError, _fixed(UpstreamError, "Anthropic client error")),
 )
@@ -119,7 +133,7 @@ def map_anthropic_errors(*, backend: str = BACKEND, secret: str | None = None) -
     """Re-raises SDK and transport exceptions as the most specific `RouterError`, `from` the original."""
     try:
         yield
-    except (anthropic.AnthropicError, httpx2.HTTPError) as exc:
+    except (anthropic.AnthropicError, httpx2.HTTPError, aiohttp.ClientError, HttpProcessingError) as exc:
         error = to_router_error(exc, backend=backend, secret=secret)
         if error is None:  # pragma: no cover - every AnthropicError/HTTPError has a rule
             raise
@@ -157,6 +171,8 @@ class AnthropicBackend:
         self._key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY") or None
         if client is None and self._key:
             client = anthropic.AsyncAnthropic(
+                # Built here, outside any event loop: the aiohttp session inside it opens on the first request.
+                http_client=anthropic.DefaultAioHttpClient() if args.http_client == "aiohttp" else None,
                 api_key=self._key,  # explicit: the SDK then reads no credential files or other env
                 base_url=args.base_url,  # None: the SDK reads ANTHROPIC_BASE_URL
                 timeout=anthropic.Timeout(args.timeout_s, connect=args.connect_timeout_s),

@@ -7,9 +7,11 @@ import typing
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
+import aiohttp
 import anthropic
 import httpx2
 import pytest
+from aiohttp.http_exceptions import HttpProcessingError
 from anthropic._error_classes import ERROR_CLASSES
 from anthropic.types.shared.error_type import ErrorType
 
@@ -202,3 +204,33 @@ def test_upstream_error_in_band_error_types(error_type, expected):
 def test_upstream_error_unknown_statuses_fall_back_by_range():
     assert type(upstream_error(status=418, error_type=None, message="m", backend="b")) is UpstreamRejected
     assert type(upstream_error(status=599, error_type=None, message="m", backend="b")) is UpstreamUnavailable
+
+
+def _subclasses(root: type[BaseException]) -> list[type[BaseException]]:
+    found, todo = {root}, [root]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            if sub not in found:
+                found.add(sub)
+                todo.append(sub)
+    return sorted(found, key=lambda c: f"{c.__module__}.{c.__qualname__}")
+
+
+AIOHTTP_CLASSES = [
+    cls
+    for cls in _subclasses(aiohttp.ClientError) + _subclasses(HttpProcessingError)
+    if cls.__module__.startswith("aiohttp")
+]
+
+
+@pytest.mark.parametrize("cls", AIOHTTP_CLASSES, ids=lambda c: c.__qualname__)
+def test_aiohttp_errors_the_sdk_transport_lets_through_are_upstream_errors(cls):
+    """With `cloud.http_client: aiohttp` a cut or malformed body can surface as a raw aiohttp error: it must be an
+    upstream failure of the cloud backend (retryable elsewhere, an in-band error event), never a router 500."""
+    original = cls.__new__(cls)
+    Exception.__init__(original, "boom")
+    with pytest.raises(UpstreamError) as info, map_anthropic_errors(backend="cloud", secret=KEY):
+        raise original
+    assert isinstance(info.value, UpstreamUnavailable | UpstreamTimeout)
+    assert info.value.backend == "cloud" and info.value.__cause__ is original
+    assert len(AIOHTTP_CLASSES) > 20  # the walk really found aiohttp's classes
