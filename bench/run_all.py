@@ -1,12 +1,12 @@
 """`make bench`: every benchmark on one cluster per proxy mode, then a summary table against the targets.
 
-Order: the in-process telemetry micro-benchmark (bench_telemetry.py, no cluster), then for each proxy mode
-(default Serve proxy, then HAProxy via RAY_SERVE_ENABLE_HA_PROXY=1) one platform that serves the local,
-cloud and router-telemetry benchmarks. vLLM's own server (the local path's direct side) runs throughout.
-Results go to bench/results/*.json (git-ignored); the table compares with the targets of the issues; it
-reports, it never fails a run on timing.
+Order: the in-process benchmarks (bench_telemetry.py's Observation; bench_router_cpu.py's router CPU per cloud
+request on each SDK transport; no cluster), then for each proxy mode (default Serve proxy, then HAProxy via
+RAY_SERVE_ENABLE_HA_PROXY=1) one platform that serves the local, cloud and router-telemetry benchmarks. vLLM's
+own server (the local path's direct side) runs throughout. Results go to bench/results/*.json (git-ignored); the
+table compares with the targets of the issues; it reports, it never fails a run on timing.
 
-    python -m bench.run_all            # full (about 15 minutes on 2 cores)
+    python -m bench.run_all            # full (about 25 minutes on 2 cores)
     python -m bench.run_all --quick    # short runs; router telemetry on the default proxy only (~6 minutes)
 """
 
@@ -18,9 +18,9 @@ import sys
 import time
 from typing import Any
 
-from bench import bench_cloud, bench_local, bench_router_telemetry, common
+from bench import bench_cloud, bench_local, bench_router_cpu, bench_router_telemetry, common
 
-BENCHES = ("micro", "local", "cloud", "telemetry")
+BENCHES = ("micro", "cpu", "local", "cloud", "telemetry")
 
 
 def micro(quick: bool) -> dict[str, Any]:
@@ -141,6 +141,8 @@ def main() -> None:
     results: dict[str, dict[str, Any]] = {}
     if "micro" in opts.only:
         results["micro"] = micro(opts.quick)
+    if "cpu" in opts.only:
+        results["cpu"] = bench_router_cpu.run(quick=opts.quick)
     for proxy in ("default", "haproxy") if opts.proxy == "both" else (opts.proxy,):
         # vLLM's own server (the local path's direct side) loads while the cluster starts, and stops after the
         # local benchmark: an idle vLLM CPU engine still costs CPU the other benchmarks would feel.
@@ -165,7 +167,14 @@ def main() -> None:
     elapsed = time.monotonic() - started
     print(f"\nwall time {elapsed:.0f}s; load now {common.load_average()}; results in bench/results/")
     common.write_result(
-        "summary", {"quick": opts.quick, "machine": common.machine(), "wall_s": round(elapsed), "table": table}
+        "summary",
+        {
+            "quick": opts.quick,
+            "machine": common.machine(),
+            "wall_s": round(elapsed),
+            "table": table,
+            "router_cpu_in_process": _get(results, "cpu", "ratios"),
+        },
     )
 
 
