@@ -11,13 +11,14 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncGenerator
+from contextlib import nullcontext
 from typing import Any
 
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
 
-from serve_app.telemetry.gpu import GpuLedger, tokens_in_last_usage, trailer_event
+from serve_app.telemetry.gpu import GpuLedger, LoadingSpend, tokens_in_last_usage, trailer_event
 from serve_app.telemetry.metrics import RayMetricsSink, RouterMetrics
 
 logger = logging.getLogger(__name__)
@@ -30,9 +31,11 @@ class RouterLLMServer(LLMServer):
     """LLMServer reachable through a DeploymentHandle with JSON-ready arguments only, keeping its GPU ledger."""
 
     async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:
-        await super().__init__(llm_config, **kwargs)
         metrics = RouterMetrics(RayMetricsSink(), models=())
         self._ledger = GpuLedger.from_experimental(dict(llm_config.experimental_configs or {}), metrics)
+        # The GPU is paid while the model loads too (all of it idle): its gauges are published from the start.
+        with LoadingSpend(self._ledger, period_s=_SPEND_PERIOD_S) if self._ledger is not None else nullcontext():
+            await super().__init__(llm_config, **kwargs)
         self._spend_task = None  # held so the task is not garbage-collected while it runs
         if self._ledger is not None:
             self._spend_task = asyncio.get_running_loop().create_task(self._publish_spend(self._ledger))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -88,6 +89,36 @@ class GpuLedger:
             )
         except Exception:
             logger.debug("publishing GPU spend failed", exc_info=True)
+
+
+class LoadingSpend:
+    """Publishes a ledger's spend gauges from a thread while the replica's constructor loads the model.
+
+    vLLM builds its engine synchronously inside LLMServer's constructor, so the replica's event loop (and any
+    task on it) is blocked for the whole load, minutes for a large model. The GPU is paid for all that time:
+    without this the spend gauges would only appear once the model is ready, and a restart's load would be
+    spend nobody sees. Use as a context manager around the constructor; the thread stops on exit.
+    """
+
+    def __init__(self, ledger: GpuLedger, *, period_s: float) -> None:
+        self._ledger = ledger
+        self._period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="gpu-spend-while-loading", daemon=True)
+
+    def __enter__(self) -> LoadingSpend:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self._period_s + 1.0)
+
+    def _run(self) -> None:
+        while True:
+            self._ledger.publish()  # never raises
+            if self._stop.wait(self._period_s):
+                return
 
 
 def trailer_event(usd_per_token: float | None) -> str:

@@ -6,6 +6,7 @@ once by the cloud" from "waited for the local model", without timing the machine
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 
@@ -15,7 +16,7 @@ import ray
 import yaml
 from ray.util.state import list_actors
 
-from tests.support.ray_platform import BIN
+from tests.support.ray_platform import BIN, METRICS_REPORT_INTERVAL_MS
 
 NO_WAIT_S = 1.0
 
@@ -53,6 +54,20 @@ def _kill_model_replica(platform) -> None:
 
 def _wait_local(platform, ready: bool, timeout: float) -> float:
     return platform.ray.wait_local_ready(timeout, ready=ready)
+
+
+_SPEND_SERIES = re.compile(r"^ray_router_gpu_cost_usd_per_hour\{([^}]*)\} ", re.MULTILINE)
+
+
+def _replicas_reporting_idle_spend(platform) -> set[str]:
+    """Model replicas whose idle GPU spend gauge the node's Ray metrics endpoint exports right now."""
+    text = httpx.get(f"http://127.0.0.1:{platform.ray.metrics_port}/metrics", timeout=5).text
+    replicas = set()
+    for labels in _SPEND_SERIES.findall(text):
+        tags = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if tags.get("kind") == "idle":
+            replicas.add(tags.get("replica", ""))
+    return replicas
 
 
 def test_replica_death_mid_stream_gives_error_event_then_cloud_until_back(platform, driver):
@@ -101,11 +116,14 @@ def test_model_redeploy_keeps_router_serving_cloud_while_loading(platform, drive
     router_only.write_text(yaml.safe_dump({**config, "applications": [config["applications"][1]]}, sort_keys=False))
     assert config["applications"][1]["name"] == "router"
 
+    old_replicas = _replicas_reporting_idle_spend(platform)
     platform.ray.run(str(BIN / "serve"), "deploy", str(router_only), "-a", platform.ray.dashboard_url)
     _wait_local(platform, ready=False, timeout=60)
     platform.ray.deploy()  # the model application comes back and loads from scratch
     samples = []
+    loading_started, spend_while_loading = time.monotonic(), set()
     while not platform.ray.readiness().get("backends", {}).get("local", {}).get("ready"):
+        spend_while_loading |= _replicas_reporting_idle_spend(platform) - old_replicas
         response, elapsed = _auto(platform, "while loading")
         assert response.status_code == 200
         backend, reason = _route(response)
@@ -115,9 +133,15 @@ def test_model_redeploy_keeps_router_serving_cloud_while_loading(platform, drive
         assert elapsed < NO_WAIT_S, f"{elapsed:.3f}s: the request waited on the loading model"
         samples.append(elapsed)
         time.sleep(0.5)
+    loading_s = time.monotonic() - loading_started
     assert len(samples) >= 3, "the model loaded too fast to observe the warm-up"
     samples.sort()
-    print(f"{len(samples)} cloud answers during warm-up, p50 {samples[len(samples) // 2] * 1000:.1f} ms")
+    p50_ms = samples[len(samples) // 2] * 1000
+    print(f"{len(samples)} cloud answers during {loading_s:.1f}s of warm-up, p50 {p50_ms:.1f} ms")
+    # The GPU is paid while the model loads: the new replica's spend gauges are exported before it is ready
+    # (given a load longer than two metric export intervals; the old replica's series do not count).
+    if loading_s > 2 * METRICS_REPORT_INTERVAL_MS / 1000:
+        assert spend_while_loading, f"no idle GPU spend exported during {loading_s:.1f}s of model load"
     status = yaml.safe_load(platform.ray.run(str(BIN / "serve"), "status", "-a", platform.ray.dashboard_url).stdout)
     assert status["applications"]["router"]["status"] == "RUNNING"
     _wait_local(platform, ready=True, timeout=300)

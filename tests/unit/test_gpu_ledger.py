@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -10,7 +12,14 @@ from serve_app.backends.local import _rate
 from serve_app.config import LLMAppArgs, RouterArgs
 from serve_app.protocol import LOCAL_COST_KEY
 from serve_app.sse import iter_data
-from serve_app.telemetry.gpu import PRICE_KEY, WINDOW_KEY, GpuLedger, tokens_in_last_usage, trailer_event
+from serve_app.telemetry.gpu import (
+    PRICE_KEY,
+    WINDOW_KEY,
+    GpuLedger,
+    LoadingSpend,
+    tokens_in_last_usage,
+    trailer_event,
+)
 from serve_app.telemetry.metrics import InMemoryMetricsSink, RouterMetrics
 
 EPS = 1e-12
@@ -129,3 +138,23 @@ def test_the_router_reads_the_trailer_the_model_replica_writes(rate: float | Non
 @pytest.mark.parametrize("report", [{"usd_per_token": -1.0}, {"usd_per_token": "x"}, "junk", None, {}])
 def test_a_malformed_trailer_gives_no_rate(report: object) -> None:
     assert _rate(report) is None
+
+
+def test_spend_is_published_from_a_thread_while_the_model_loads_and_stops_after() -> None:
+    """The model replica's constructor blocks its event loop for the whole model load; the GPU is paid (all idle)
+    during it, so LoadingSpend publishes the gauges from a thread until the constructor returns."""
+    gpu, sink, clock = ledger(price=3.6)
+    clock.t += 30.0  # thirty seconds into the load, nothing served
+    with LoadingSpend(gpu, period_s=0.01):
+        deadline = time.monotonic() + 10.0
+        while len(sink.gauges) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)  # blocking, as the engine build is: only the thread can publish meanwhile
+        published = dict(sink.gauges)
+    assert published == {
+        ("router_gpu_cost_usd_per_hour", (("kind", "allocated"),)): pytest.approx(0.0, abs=EPS),
+        ("router_gpu_cost_usd_per_hour", (("kind", "idle"),)): pytest.approx(3.6),
+    }
+    assert not [t for t in threading.enumerate() if t.name == "gpu-spend-while-loading"]
+    sink.gauges.clear()
+    time.sleep(0.1)  # ten periods: a thread that outlived the constructor would have published again
+    assert sink.gauges == {}
