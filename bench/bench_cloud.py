@@ -236,7 +236,7 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
         if "router-notel" in block:
             added[f"{key} notel-direct ({metric[:-3]})"] = _added(block["router-notel"], block["direct"], metric)
         if "router-httpx" in block:
-            added[f"{key} router-httpx ({metric[:-3]})"] = _added(block["router"], block["router-httpx"], metric)
+            added[f"{key} aiohttp-httpx ({metric[:-3]})"] = _added(block["router"], block["router-httpx"], metric)
         if "forwarder" in block:
             added[f"{key} forwarder-direct ({metric[:-3]})"] = _added(block["forwarder"], block["direct"], metric)
             added[f"{key} router-forwarder ({metric[:-3]})"] = _added(block["router"], block["forwarder"], metric)

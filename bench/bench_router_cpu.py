@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import gc
 import json
 import logging
 import statistics
@@ -148,28 +150,25 @@ def sdk_call(client: anthropic.AsyncAnthropic) -> Callable[[], Awaitable[None]]:
 
 async def measure(upstream: str, *, requests: int, batches: int) -> dict[str, Any]:
     headers = {"x-api-key": common.ANTHROPIC_KEY, "anthropic-version": common.ANTHROPIC_VERSION}
-    forward_client = httpx.AsyncClient(base_url=upstream, headers=headers, timeout=30)
-    sdk = {
-        transport: anthropic.AsyncAnthropic(
-            api_key=common.ANTHROPIC_KEY,
-            base_url=upstream,
-            max_retries=0,
-            open_telemetry=False,
-            http_client=anthropic.DefaultAioHttpClient() if transport == "aiohttp" else None,
-        )
-        for transport in ("aiohttp", "httpx")
-    }
-    routers = {transport: _router_app(upstream, transport) for transport in ("aiohttp", "httpx")}
-    sides = {
-        "forwarder": asgi_call(_forwarder_app(forward_client)),
-        "sdk-aiohttp": sdk_call(sdk["aiohttp"]),
-        "sdk-httpx": sdk_call(sdk["httpx"]),
-        "router-aiohttp": asgi_call(routers["aiohttp"][0]),
-        "router-httpx": asgi_call(routers["httpx"][0]),
-    }
-    cpu: dict[str, list[float]] = {name: [] for name in sides}
-    wall: dict[str, list[float]] = {name: [] for name in sides}
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # every client is closed, whichever close fails
+        forward_client = await stack.enter_async_context(httpx.AsyncClient(base_url=upstream, headers=headers))
+        sides: dict[str, Callable[[], Awaitable[None]]] = {"forwarder": asgi_call(_forwarder_app(forward_client))}
+        for transport in ("aiohttp", "httpx"):
+            client = anthropic.AsyncAnthropic(
+                api_key=common.ANTHROPIC_KEY,
+                base_url=upstream,
+                max_retries=0,
+                open_telemetry=False,
+                http_client=anthropic.DefaultAioHttpClient() if transport == "aiohttp" else None,
+            )
+            stack.push_async_callback(client.close)
+            sides[f"sdk-{transport}"] = sdk_call(client)
+        for transport in ("aiohttp", "httpx"):
+            app, cloud = _router_app(upstream, transport)
+            stack.push_async_callback(cloud.aclose)
+            sides[f"router-{transport}"] = asgi_call(app)
+        cpu: dict[str, list[float]] = {name: [] for name in sides}
+        wall: dict[str, list[float]] = {name: [] for name in sides}
         for call in sides.values():  # connections, imports and code paths warm
             for _ in range(30):
                 await call()
@@ -177,17 +176,12 @@ async def measure(upstream: str, *, requests: int, batches: int) -> dict[str, An
             order = list(sides) if batch % 2 == 0 else list(reversed(sides))
             for name in order:
                 call = sides[name]
+                gc.collect()  # one side's garbage is not collected on another side's clock
                 cpu_started, wall_started = time.process_time(), time.perf_counter()
                 for _ in range(requests):
                     await call()
                 cpu[name].append((time.process_time() - cpu_started) / requests * 1e6)
                 wall[name].append((time.perf_counter() - wall_started) / requests * 1e6)
-    finally:
-        await forward_client.aclose()
-        for client in sdk.values():
-            await client.close()
-        for _, cloud in routers.values():
-            await cloud.aclose()
     out: dict[str, Any] = {}
     floor = statistics.median(cpu["forwarder"])
     for name in sides:

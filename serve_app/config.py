@@ -56,8 +56,9 @@ class CloudBackendArgs(_Args):
     base_url: str | None = Field(default=None, description="Overrides ANTHROPIC_BASE_URL when set.")
     http_client: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
-        description="HTTP transport under the Anthropic SDK: `aiohttp` (the SDK's DefaultAioHttpClient; about a third "
-        "less router CPU per request, docs/benchmarks.md) or `httpx` (the SDK's default transport).",
+        description="HTTP transport under the Anthropic SDK: `aiohttp` (the SDK's DefaultAioHttpClient; 23-31% less "
+        "router CPU per request, docs/benchmarks.md) or `httpx` (the SDK's default transport). On aiohttp, DNS "
+        "lookups count against `timeout_s` rather than `connect_timeout_s`, and no TCP keepalive is set.",
     )
 
     @property

@@ -6,6 +6,7 @@ translation lives in `anthropic_mapping` (pure). It never logs the API key and n
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -107,8 +108,10 @@ RULES: tuple[_Rule, ...] = (
     _Rule(httpx2.TimeoutException, _fixed(UpstreamTimeout, "Anthropic stream timed out")),
     _Rule(httpx2.TransportError, _fixed(UpstreamUnavailable, "Anthropic stream broke off")),
     _Rule(httpx2.StreamError, _fixed(UpstreamUnavailable, "Anthropic stream unusable")),
+    _Rule(httpx2.HTTPError, _fixed(UpstreamUnavailable, "Anthropic response unusable")),  # decoding, redirects
     # aiohttp transport (cloud.http_client): the SDK's transport translates most aiohttp errors into the httpx2
     # ones above; these are what it lets through while the body streams.
+    _Rule(aiohttp.ServerTimeoutError, _fixed(UpstreamTimeout, "Anthropic stream timed out")),
     _Rule(aiohttp.ClientError, _fixed(UpstreamUnavailable, "Anthropic stream broke off")),
     _Rule(HttpProcessingError, _fixed(UpstreamUnavailable, "Anthropic sent a malformed HTTP response")),
     _Rule(anthropic.APIError, _fixed(UpstreamError, "Anthropic API error")),
@@ -171,7 +174,7 @@ class AnthropicBackend:
         self._key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY") or None
         if client is None and self._key:
             client = anthropic.AsyncAnthropic(
-                # Built here, outside any event loop: the aiohttp session inside it opens on the first request.
+                # The aiohttp session inside opens lazily, on the event loop of the first request.
                 http_client=anthropic.DefaultAioHttpClient() if args.http_client == "aiohttp" else None,
                 api_key=self._key,  # explicit: the SDK then reads no credential files or other env
                 base_url=args.base_url,  # None: the SDK reads ANTHROPIC_BASE_URL
@@ -201,16 +204,26 @@ class AnthropicBackend:
         state = new_stream_state(completion_id=f"chatcmpl-{request_id}", model=model, created=int(time.time()))
         client = self._no_retry_client if fail_fast and self._no_retry_client is not None else self._client
         create = client.messages.with_streaming_response.create
-        with map_anthropic_errors(backend=BACKEND, secret=self._key):
-            # `async with` closes the upstream response however this generator ends (aclose, cancel, error)
-            async with create(**call.params, stream=True) as response:
-                logger.debug("anthropic stream %s started, request-id %s", request_id, response.request_id)
-                async for sse in anthropic.AsyncStream.raw_events(response.http_response):
-                    if not sse.data:
-                        continue
-                    state, chunks = translate_event(state, _decode(sse.data), backend=BACKEND)
-                    for chunk in chunks:
-                        yield chunk
+        idle_s = self._args.timeout_s
+        loop = asyncio.get_running_loop()
+        try:
+            with map_anthropic_errors(backend=BACKEND, secret=self._key):
+                # `async with` closes the upstream response however this generator ends (aclose, cancel, error)
+                async with create(**call.params, stream=True) as response:
+                    logger.debug("anthropic stream %s started, request-id %s", request_id, response.request_id)
+                    # The router's own deadline between events, beside the transport's read timeout: a transport
+                    # can wait past its own (aiohttp does on a malformed chunked body). Armed only while waiting
+                    # for the upstream, never across a yield (the consumer's pace is not the upstream's).
+                    async with asyncio.timeout_at(loop.time() + idle_s) as idle:
+                        async for sse in anthropic.AsyncStream.raw_events(response.http_response):
+                            idle.reschedule(None)
+                            if sse.data:
+                                state, chunks = translate_event(state, _decode(sse.data), backend=BACKEND)
+                                for chunk in chunks:
+                                    yield chunk
+                            idle.reschedule(loop.time() + idle_s)
+        except TimeoutError:
+            raise UpstreamTimeout(f"no data from the Anthropic stream for {idle_s:g}s", backend=BACKEND) from None
         if not state.finished:
             raise UpstreamUnavailable(
                 "the Anthropic stream ended before message_stop (connection dropped)", backend=BACKEND

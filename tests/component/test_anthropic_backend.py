@@ -48,6 +48,8 @@ async def backend_for(standin: AnthropicStandIn, request: pytest.FixtureRequest)
             **overrides,
         }
         backend = AnthropicBackend(CloudBackendArgs(**fields), api_key=KEY)
+        transport = type(backend._client._client._transport).__name__  # the SDK's httpx2 client, its transport
+        assert transport == {"aiohttp": "AiohttpTransport", "httpx": "AsyncHTTPTransport"}[request.param], transport
         made.append(backend)
         return backend
 
@@ -197,13 +199,39 @@ async def test_anthropic_backend_timeout(backend_for):
 
 async def test_anthropic_backend_cut_stream_raises(standin, backend_for):
     seen: list[dict[str, Any]] = []
+    backend = backend_for()
     with pytest.raises(UpstreamUnavailable, match="broke off") as info:
-        async for chunk in backend_for().stream(_request("a b #scenario=cut"), model=MODEL, request_id="r"):
+        async for chunk in backend.stream(_request("a b #scenario=cut"), model=MODEL, request_id="r"):
             seen.append(chunk)
     # An incomplete chunked body: httpx2's own error, or aiohttp's ClientPayloadError as the SDK's transport maps it
-    assert type(info.value.__cause__).__name__ in {"RemoteProtocolError", "ReadError"}
+    transport = type(backend._client._client._transport).__name__
+    cause = {"AsyncHTTPTransport": "RemoteProtocolError", "AiohttpTransport": "ReadError"}[transport]
+    assert type(info.value.__cause__).__name__ == cause
     assert _text(seen) == "You sent "  # the first deltas arrived before the connection dropped
     assert seen[0]["usage"]["prompt_tokens"] == 3  # and input usage with them (the marker is a word)
+
+
+async def test_anthropic_backend_malformed_chunk_is_an_upstream_error_not_a_hang(backend_for):
+    """A broken chunked body followed by silence: httpx2 rejects it at once; aiohttp's compiled parser drops the
+    error and its read timeout with it, so the backend's own deadline between events is what ends the stream."""
+    seen: list[dict[str, Any]] = []
+    async with asyncio.timeout(8):  # a guard against a hang, far above timeout_s
+        with pytest.raises((UpstreamUnavailable, UpstreamTimeout)):
+            stream = backend_for(timeout_s=0.5).stream(_request("a b #scenario=bad_chunk"), model=MODEL, request_id="r")
+            async for chunk in stream:
+                seen.append(chunk)
+    # aiohttp may drop the good events that share a read with the broken chunk; neither transport invents an end
+    assert not any(choice.get("finish_reason") for chunk in seen for choice in chunk.get("choices") or ())
+
+
+async def test_anthropic_backend_slow_consumer_is_not_an_upstream_timeout(backend_for):
+    """The deadline between upstream events is not armed while the consumer holds a chunk (a slow client)."""
+    chunks: list[dict[str, Any]] = []
+    async for chunk in backend_for(timeout_s=0.3).stream(_request("a b c"), model=MODEL, request_id="r"):
+        chunks.append(chunk)
+        if len(chunks) == 1:
+            await asyncio.sleep(0.6)  # twice the deadline, between two events the upstream already sent
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
 async def test_anthropic_backend_stream_without_message_stop_raises(backend_for):

@@ -231,6 +231,24 @@ def test_aiohttp_errors_the_sdk_transport_lets_through_are_upstream_errors(cls):
     Exception.__init__(original, "boom")
     with pytest.raises(UpstreamError) as info, map_anthropic_errors(backend="cloud", secret=KEY):
         raise original
-    assert isinstance(info.value, UpstreamUnavailable | UpstreamTimeout)
+    expected = UpstreamTimeout if issubclass(cls, aiohttp.ServerTimeoutError) else UpstreamUnavailable
+    assert type(info.value) is expected
     assert info.value.backend == "cloud" and info.value.__cause__ is original
-    assert len(AIOHTTP_CLASSES) > 20  # the walk really found aiohttp's classes
+
+
+HTTPX2_CLASSES = [cls for cls in _subclasses(httpx2.HTTPError) if cls.__module__.startswith("httpx2")]
+
+
+@pytest.mark.parametrize("cls", HTTPX2_CLASSES, ids=lambda c: c.__qualname__)
+def test_every_httpx2_error_is_an_upstream_error(cls):
+    """Transport errors raised while the body streams (after the SDK handed the response over) never escape raw."""
+    original = cls.__new__(cls)
+    Exception.__init__(original, "boom")
+    with pytest.raises(UpstreamError) as info, map_anthropic_errors(backend="cloud"):
+        raise original
+    assert info.value.__cause__ is original
+    assert isinstance(info.value, UpstreamTimeout) == issubclass(cls, httpx2.TimeoutException)
+
+
+def test_the_transport_error_walks_found_the_classes():
+    assert len(AIOHTTP_CLASSES) > 20 and len(HTTPX2_CLASSES) > 15
