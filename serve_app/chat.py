@@ -90,6 +90,14 @@ class ChatService:
             cards += [ModelCard(id=m, owned_by="anthropic") for m in self._cloud.model_ids]
         return ModelList(data=cards)
 
+    async def aclose(self) -> None:
+        """Closes every backend's clients and connections (replica shutdown); one failing close skips no other."""
+        for name, backend in self._backends.items():
+            try:
+                await backend.aclose()
+            except Exception:
+                logger.warning("closing the %s backend failed", name, exc_info=True)
+
     def readiness(self) -> dict[str, Any]:
         backends = {}
         for name, backend in self._backends.items():

@@ -338,10 +338,13 @@ class RouterDeployment:
                 logger.debug("readiness refresh failed", exc_info=True)
             await asyncio.sleep(_READINESS_PERIOD_S)
 
-    def __del__(self) -> None:
+    async def __del__(self) -> None:
+        """Serve's graceful shutdown (awaited, like Ray's own ASGI wrapper's): stops the readiness task, closes the
+        backends' upstream connections and flushes telemetry."""
         refresher = getattr(self, "_refresher", None)
         if refresher is not None:
             refresher.cancel()
         service = getattr(self, "_service", None)
         if service is not None:
+            await service.aclose()
             service.telemetry.shutdown()

@@ -11,6 +11,7 @@ from serve_app.auth import ApiKeys
 from serve_app.config import AuthArgs
 from tests.component.fakes import (
     API_KEY,
+    FakeBackend,
     chat_body,
     cloud_backend,
     http_scope,
@@ -371,3 +372,16 @@ async def test_a_saturated_local_model_spills_auto_to_the_cloud_with_the_reason(
     local.inflight = 7  # one slot free: local again
     response = await client.post("/v1/chat/completions", json=chat_body())
     assert (response.headers["x-router-backend"], response.headers["x-router-reason"]) == ("local", "policy_local")
+
+
+async def test_service_aclose_closes_every_backend_even_when_one_fails(make_router):
+    """Replica shutdown: each backend's upstream connections are released, whatever another backend's close does."""
+
+    class FailingClose(FakeBackend):
+        async def aclose(self) -> None:
+            raise RuntimeError("close failed")
+
+    cloud = cloud_backend()
+    router = make_router(local=FailingClose(name="local", provider="vllm", model_ids=["local-model"]), cloud=cloud)
+    await router.service.aclose()
+    assert cloud.closed
