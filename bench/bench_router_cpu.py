@@ -46,7 +46,7 @@ from serve_app.config import RouterArgs
 from serve_app.ingress import create_app
 from serve_app.telemetry import Telemetry
 from serve_app.telemetry.metrics import Instrument
-from tests.component.fakes import local_backend
+from tests.component.fakes import http_scope, local_backend
 
 PROMPT = "Please answer the benchmark question in sixteen words. #tokens=16"
 BODY = json.dumps({"model": "cloud", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": 16}).encode()
@@ -96,20 +96,7 @@ def _forwarder_app(client: httpx.AsyncClient) -> FastAPI:
 def asgi_call(app: FastAPI) -> Callable[[], Awaitable[None]]:
     """One POST /v1/chat/completions straight into the app; raises unless it answered 200."""
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(BODY)).encode())]
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/chat/completions",
-        "raw_path": b"/v1/chat/completions",
-        "query_string": b"",
-        "root_path": "",
-        "headers": headers,
-        "client": ("127.0.0.1", 40000),
-        "server": ("127.0.0.1", 8000),
-    }
+    scope = http_scope("/v1/chat/completions", headers)
 
     async def call() -> None:
         delivered = False
