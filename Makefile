@@ -16,6 +16,8 @@ export VLLM_HOST_IP := 127.0.0.1
 export VLLM_CPU_KVCACHE_SPACE ?= 1
 export VLLM_NO_USAGE_STATS := 1
 export HF_HUB_OFFLINE ?= 1
+# Models the platform builds (the default SmolLM2 checkpoint, the smoke model) live in the state directory.
+export HYBRID_LLM_CACHE_DIR ?= $(CURDIR)/$(STATE)
 # Ray Serve's HAProxy ingress: about 3x lower added latency and 2.6x the throughput of the default proxy
 # actor (docs/benchmarks.md). Set to 0 to use the default proxy.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
@@ -44,6 +46,8 @@ serve: install
 	@mkdir -p $(STATE)
 	@[ -s $(STATE)/dev-api-key ] || $(PY) -c "import secrets; print('sk-local-' + secrets.token_urlsafe(24))" > $(STATE)/dev-api-key
 	@chmod 600 $(STATE)/dev-api-key
+	@# The default local model (LOCAL_MODEL unset): SmolLM2-135M-Instruct, downloaded and converted once.
+	@[ -n "$${LOCAL_MODEL:-}" ] || $(PY) -m serve_app.default_model
 	@if $(BIN)/ray status >/dev/null 2>&1; then \
 	  echo "Ray is already running: replicas keep the environment it started with; run 'make stop' first for a" \
 	    "changed LOCAL_MODEL, ANTHROPIC_API_KEY or HYBRID_LLM_API_KEYS to take effect."; \

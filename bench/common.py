@@ -221,14 +221,14 @@ class TelemetryReceivers:
         return counts
 
 
-def start_vllm_direct(model_dir: Path) -> tuple[Child, str]:
-    """vLLM's own OpenAI server on the same smoke model with the engine arguments of serve_config.local.yaml."""
+def start_vllm_direct(model_dir: Path, *, max_model_len: int = 512) -> tuple[Child, str]:
+    """vLLM's own OpenAI server on the same model with the engine arguments of serve_config.local.yaml."""
     port = free_port()
     env = dict(os.environ) | RAY_ENV
     child = spawn(
         [
             sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-            "--served-model-name", "local-model", "--dtype", "float32", "--max-model-len", "512",
+            "--served-model-name", "local-model", "--dtype", "float32", "--max-model-len", str(max_model_len),
             "--enforce-eager", "--host", "127.0.0.1", "--port", str(port), "--disable-log-stats",
         ],
         env=env,
@@ -334,7 +334,9 @@ class Session:
 
 
 @contextlib.contextmanager
-def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True) -> Iterator[Session]:
+def session(
+    proxy: str, *, vllm_url: str | None = None, with_model: bool = True, model: str = "smoke"
+) -> Iterator[Session]:
     """Starts the stand-ins and one Ray cluster with both Serve applications (+ the telemetry-off router).
 
     `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks."""
@@ -370,6 +372,7 @@ def session(proxy: str, *, vllm_url: str | None = None, with_model: bool = True)
         },
         extra_apps=[FORWARDER_APP, RAY_INGRESS_APP] if with_model else [FORWARDER_APP],
         apps=("llm", "router") if with_model else ("router",),
+        model=model,
     )
     try:
         print(f"[{proxy}] starting Ray + Serve{' (model load takes a minute)' * with_model} ...", flush=True)

@@ -57,20 +57,29 @@ def build_llm_app(args: dict[str, Any]) -> Application:
     )
 
 
+SMOKE = "smoke"  # LOCAL_MODEL value that selects the generated smoke model
+
+
 def resolve_model_source(llm_args: LLMAppArgs) -> str:
-    """The configured model, else LOCAL_MODEL, else the generated smoke model (with a loud warning)."""
+    """The configured model, else LOCAL_MODEL (`smoke`: the smoke model), else the default SmolLM2-135M-Instruct."""
     source = llm_args.model_source or os.environ.get(LOCAL_MODEL_ENV, "").strip()
+    if source == SMOKE:
+        from serve_app.smoke_model import ensure_smoke_model
+
+        path = ensure_smoke_model()
+        logger.warning(
+            "\n%s\nserving the generated SMOKE MODEL from %s (%s=%s).\n"
+            "Its output is RANDOM TOKENS. Unset %s for the default model, or set it to a Hugging Face id or path.\n%s",
+            "!" * 78,
+            path,
+            LOCAL_MODEL_ENV,
+            SMOKE,
+            LOCAL_MODEL_ENV,
+            "!" * 78,
+        )
+        return str(path)
     if source:
         return source
-    from serve_app.smoke_model import ensure_smoke_model
+    from serve_app.default_model import ensure_default_model
 
-    path = ensure_smoke_model()
-    logger.warning(
-        "\n%s\nNO MODEL CONFIGURED: serving the generated SMOKE MODEL from %s.\n"
-        "Its output is RANDOM TOKENS. Set %s to a Hugging Face id or a local path for a real model.\n%s",
-        "!" * 78,
-        path,
-        LOCAL_MODEL_ENV,
-        "!" * 78,
-    )
-    return str(path)
+    return str(ensure_default_model())

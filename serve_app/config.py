@@ -182,7 +182,10 @@ class LLMAppArgs(_Args):
     model_id: str = Field(default="local-model", description="Served model id; the router's local.model_id.")
     model_source: str | None = Field(
         default=None,
-        description="Hugging Face id or path. Unset: LOCAL_MODEL, else the generated smoke model (random output).",
+        description=(
+            "Hugging Face id or path. Unset: LOCAL_MODEL (`smoke`: the generated smoke model, random output), "
+            "else the default SmolLM2-135M-Instruct, converted once into the cache."
+        ),
     )
     engine_kwargs: dict[str, Any] = Field(default_factory=dict, description="vLLM engine arguments.")
     accelerator_type: str | None = Field(default=None, description="Ray accelerator type (e.g. L4); None on CPU.")

@@ -30,6 +30,9 @@ def _get(url: str) -> tuple[int, dict]:
         return status, {}
 
 
+_QUESTION = "What is the capital of France? Answer in one sentence."
+
+
 def wait(port: int, timeout_s: float) -> dict:
     """Polls /readyz until the local model is ready; returns the last report."""
     deadline = time.monotonic() + timeout_s
@@ -41,7 +44,7 @@ def wait(port: int, timeout_s: float) -> dict:
         if local.get("ready"):
             return report
         if report and not announced:
-            print("router is up; waiting for the local model to load (first start builds the smoke model) ...")
+            print("router is up; waiting for the local model to load (vLLM on the CPU: about a minute) ...")
             announced = True
         time.sleep(1)
     return report
@@ -72,13 +75,15 @@ hybrid-llm is serving on {base}  (backends: {json.dumps(report["backends"])})
   API key (HYBRID_LLM_API_KEYS of this cluster): {key}
 
   curl {base}/v1/chat/completions -H "Authorization: Bearer {key}" -H "Content-Type: application/json" \\
-       -d '{{"model": "auto", "messages": [{{"role": "user", "content": "Hello"}}]}}'
+       -d '{{"model": "auto", "messages": [{{"role": "user", "content": "{_QUESTION}"}}]}}'
 
   python - <<'PY'
   from openai import OpenAI
   client = OpenAI(base_url="{base}/v1", api_key="{key}")
-  reply = client.chat.completions.create(model="auto", messages=[{{"role": "user", "content": "Hello"}}])
-  print(reply.model, reply.usage, reply.choices[0].message.content)
+  reply = client.chat.completions.create(
+      model="auto", messages=[{{"role": "user", "content": "{_QUESTION}"}}], temperature=0
+  )
+  print(reply.model, reply.choices[0].message.content, reply.usage)
   PY
 
   Ray dashboard:   http://127.0.0.1:{args.dashboard_port}

@@ -8,6 +8,7 @@ serve_config.local.yaml with `serve deploy` exactly as a user does, and waits fo
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -45,6 +46,14 @@ RAY_ENV = {
     "TRANSFORMERS_OFFLINE": "1",
 }
 
+# The smoke model (LOCAL_MODEL=smoke: exact token counts, loads in seconds) has a 512-token window; the local
+# profile's sizes are for the default SmolLM2-135M. Tests that need the real model pass model="default".
+SMOKE_LLM_ARGS: dict[str, Any] = {"engine_kwargs": {"max_model_len": 512}}
+SMOKE_ROUTER_ARGS: dict[str, Any] = {
+    "local": {"context_window": 512, "saturation_inflight": 16},
+    "routing": {"default_local_output_tokens": 128},
+}
+
 
 def http_json(url: str, *, timeout: float = 5.0, headers: dict[str, str] | None = None) -> tuple[int, Any]:
     request = urllib.request.Request(url, headers=headers or {})
@@ -70,6 +79,7 @@ class RayPlatform:
     overrides: dict[str, Any] = field(default_factory=dict)  # router args merged over the local profile
     llm_overrides: dict[str, Any] = field(default_factory=dict)
     apps: tuple[str, ...] = ("llm", "router")  # which applications of the profile to deploy
+    model: str = "smoke"  # LOCAL_MODEL: "smoke", or "default" for SmolLM2-135M-Instruct (the profile's sizes)
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
@@ -98,6 +108,7 @@ class RayPlatform:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "LANGFUSE_", "OTEL_"))}
         env.update(RAY_ENV)
         env["HYBRID_LLM_CACHE_DIR"] = str(REPO / ".cache")
+        env["LOCAL_MODEL"] = "" if self.model == "default" else self.model
         # HAProxy's metrics and stats ports are fixed by default: two clusters on one machine would clash.
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(self.haproxy_ports[0])
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(self.haproxy_ports[1])
@@ -108,10 +119,13 @@ class RayPlatform:
         config = yaml.safe_load(LOCAL_CONFIG.read_text())
         config["http_options"]["port"] = self.http_port
         config["applications"] = [app for app in config["applications"] if app["name"] in self.apps]
+        smoke = self.model == "smoke"
         for app in config["applications"]:
             if app["name"] == "router":
+                merge(app["args"], copy.deepcopy(SMOKE_ROUTER_ARGS) if smoke else {})
                 merge(app["args"], self.overrides)
             if app["name"] == "llm":
+                merge(app["args"], copy.deepcopy(SMOKE_LLM_ARGS) if smoke else {})
                 merge(app["args"], self.llm_overrides)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
