@@ -110,6 +110,8 @@ init-user-password=$(random 16)"
   ensure_secret "$APP_NS" langfuse-api-keys <<<"public-key=$pk
 secret-key=$sk"
   ensure_secret "$MON_NS" otel-langfuse-auth <<<"authorization=Basic $(printf '%s:%s' "$pk" "$sk" | base64 | tr -d '\n')"
+  # Ray's cluster token (KubeRay authOptions.secretName): every Ray API call, the dashboard and `serve deploy`.
+  ensure_secret "$APP_NS" ray-auth-token <<<"auth_token=$(random 32)"
   # Bearer keys clients present to the router (mounted at /etc/hybrid-llm/api-keys/keys).
   ensure_secret "$APP_NS" router-api-keys <<<"keys=${ROUTER_API_KEYS:-hl-$(random 24)}"
   # The Anthropic key is the one Secret replaced on every run, from the environment.
@@ -164,6 +166,14 @@ step_operator() {
 }
 
 step_rayservice() {
+  # Images by digest only, and never the placeholder committed before a build exists.
+  if ! dry && grep -Eq '@sha256:0{64}' "$ROOT/kuberay/rayservice.yaml"; then
+    echo "kuberay/rayservice.yaml still names the placeholder image digest: build and push kuberay/Dockerfile," \
+      "then pin it with: python -m kuberay.render --image <repository>:<tag>@sha256:<digest>" >&2
+    exit 1
+  fi
+  # Default deny for the namespace before any Ray pod exists.
+  run kubectl apply -f "$ROOT/kuberay/networkpolicies.yaml"
   run kubectl apply -f "$ROOT/kuberay/podmonitors.yaml"
   run kubectl apply -f "$ROOT/kuberay/rayservice.yaml"
   run kubectl wait -n "$APP_NS" rayservice/hybrid-llm --for=condition=Ready --timeout=45m

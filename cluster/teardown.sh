@@ -30,6 +30,7 @@ uninstall() { run helm uninstall "$1" -n "$2" --ignore-not-found --wait; }
 
 run kubectl delete -f "$ROOT/kuberay/rayservice.yaml" --ignore-not-found --wait=true
 run kubectl delete -f "$ROOT/kuberay/podmonitors.yaml" --ignore-not-found
+run kubectl delete -f "$ROOT/kuberay/networkpolicies.yaml" --ignore-not-found
 uninstall kuberay-operator kuberay-system
 run kubectl delete -k "$ROOT/observability" --ignore-not-found
 uninstall langfuse langfuse
