@@ -104,3 +104,17 @@ def test_docs_commands_exist():
         assert step in STEPS, step
     assert "python -m cluster.verify" in doc and "python -m kuberay.render" in doc
     assert "# Deploy to EKS" in doc
+
+
+def test_troubleshooting_names_what_the_manifests_and_values_use():
+    doc = (REPO / "docs" / "troubleshooting.md").read_text()
+    for path in re.findall(r"`((?:cluster|kuberay|observability|tests)/[\w./-]+)`", doc):
+        assert (REPO / path).exists(), path
+    policies = (REPO / "kuberay" / "networkpolicies.yaml").read_text()
+    for label in ("app.kubernetes.io/name: opentelemetry-collector", 'ray.io/is-ray-node: "yes"'):
+        assert label in doc and label in policies
+    dcgm = (REPO / "observability" / "values" / "dcgm-exporter.yaml").read_text()
+    assert "role: gpu" in doc and "role: gpu" in dcgm
+    for heading in ("GPU utilisation stays at 0", "No DCGM series", "No spans in Tempo", "No generations in Langfuse"):
+        assert f"## {heading}" in doc
+    assert "## Langfuse's databases for production" in doc
