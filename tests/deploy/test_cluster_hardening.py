@@ -342,3 +342,17 @@ def test_deploy_refuses_the_placeholder_digest(tmp_path):
         timeout=30,
     )
     assert done.returncode == 1 and "placeholder image digest" in done.stderr, done.stderr
+
+
+# --- The local platform: loopback only, auth mode explicit ----------------------------------------------------
+
+
+def test_local_platform_binds_ray_to_loopback_and_says_what_auth_disabled_means():
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^export RAY_AUTH_MODE \?= disabled$", makefile, re.M)
+    (start,) = re.findall(r"ray start --head[^;]*", makefile.replace("\\\n", " "))
+    assert "--node-ip-address=127.0.0.1" in start and "--dashboard-host=127.0.0.1" in start
+    local = yaml.safe_load((REPO / "serve_config.local.yaml").read_text())
+    assert local["http_options"]["host"] == "127.0.0.1"
+    readme = (REPO / "README.md").read_text()
+    assert "RAY_AUTH_MODE=disabled" in readme and "127.0.0.1" in readme
