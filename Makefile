@@ -35,11 +35,11 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# Prometheus and promtool (Debian package) for the deploy and integration tests.
+# Prometheus, promtool and amtool (Debian packages) for the deploy and integration tests.
 system-deps:
-	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  else echo "install the Debian package 'prometheus' (prometheus + promtool), e.g. sudo apt-get install prometheus"; exit 1; fi; }
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v amtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends prometheus prometheus-alertmanager >/dev/null; \
+	  else echo "install the Debian packages 'prometheus' and 'prometheus-alertmanager' (promtool, amtool), e.g. sudo apt-get install prometheus prometheus-alertmanager"; exit 1; fi; }
 
 # Start a local Ray cluster on loopback and deploy the local CPU profile (serve_config.local.yaml).
 serve: install

@@ -2,13 +2,15 @@
 # Stand up hybrid-llm on EKS, idempotently: every step can be re-run and only converges.
 #
 #   cluster/deploy.sh                  all steps, in order
-#   cluster/deploy.sh <step>...        some steps: cluster secrets observability operator rayservice
+#   cluster/deploy.sh <step>...        some steps: cluster secrets alerting observability operator rayservice ingress
 #   DRY_RUN=1 cluster/deploy.sh        print the commands instead of running them
 #
-# Order: the charts read existing Secrets (Grafana admin, Langfuse), so Secrets come before the charts; the
-# KubeRay operator's ServiceMonitor needs kube-prometheus-stack's CRDs, so it comes after them.
-# Needs: aws, eksctl, kubectl, helm (v3.8+ or v4), openssl. Secrets read ANTHROPIC_API_KEY (and optionally
-# ROUTER_API_KEYS) from the environment; CLUSTER_NAME and AWS_REGION must match cluster/eksctl-cluster.yaml.
+# Order: the charts read existing Secrets (Grafana admin, Langfuse, Alertmanager's configuration), so Secrets
+# come before the charts; the KubeRay operator's ServiceMonitor needs kube-prometheus-stack's CRDs, so it comes
+# after them; the Ingress points at the Service the RayService creates.
+# Needs: aws, eksctl, kubectl, helm (v3.8+ or v4), openssl. From the environment: ANTHROPIC_API_KEY (and
+# optionally ROUTER_API_KEYS) for `secrets`; ALERT_SLACK_WEBHOOK_URL or ALERTMANAGER_CONFIG (a file) for
+# `alerting`; ACM_CERTIFICATE_ARN for `ingress`. CLUSTER_NAME and AWS_REGION must match cluster/eksctl-cluster.yaml.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -26,6 +28,7 @@ TEMPO_VERSION=2.2.4
 OTEL_VERSION=0.170.0
 LANGFUSE_VERSION=2.0.0
 KUBERAY_VERSION=1.7.0
+LBC_VERSION=3.5.0
 CERT_MANAGER_VERSION=v1.20.2
 CLICKHOUSE_OPERATOR_VERSION=0.0.5
 CLUSTER_AUTOSCALER_VERSION=9.59.0  # Cluster Autoscaler 1.35, the cluster's minor version
@@ -110,6 +113,8 @@ init-user-password=$(random 16)"
   ensure_secret "$APP_NS" langfuse-api-keys <<<"public-key=$pk
 secret-key=$sk"
   ensure_secret "$MON_NS" otel-langfuse-auth <<<"authorization=Basic $(printf '%s:%s' "$pk" "$sk" | base64 | tr -d '\n')"
+  # Ray's cluster token (KubeRay authOptions.secretName): every Ray API call, the dashboard and `serve deploy`.
+  ensure_secret "$APP_NS" ray-auth-token <<<"auth_token=$(random 32)"
   # Bearer keys clients present to the router (mounted at /etc/hybrid-llm/api-keys/keys).
   ensure_secret "$APP_NS" router-api-keys <<<"keys=${ROUTER_API_KEYS:-hl-$(random 24)}"
   # The Anthropic key is the one Secret replaced on every run, from the environment.
@@ -122,6 +127,45 @@ secret-key=$sk"
   elif ! kubectl get secret anthropic-api-key -n "$APP_NS" >/dev/null 2>&1; then
     echo "ANTHROPIC_API_KEY is not set and secret $APP_NS/anthropic-api-key does not exist" >&2
     exit 1
+  fi
+}
+
+# Alertmanager reads its whole configuration from Secret monitoring/alertmanager-hybrid-llm (kube-prometheus-stack's
+# useExistingSecret + configSecret); receiver credentials live in monitoring/alertmanager-receivers, mounted at
+# /etc/alertmanager/secrets/alertmanager-receivers/. Alerts that reach no receiver are not alerts: without a
+# receiver given now or configured before, this step refuses.
+step_alerting() {
+  local config
+  if [[ -n "${ALERTMANAGER_CONFIG:-}" ]]; then
+    config="$ALERTMANAGER_CONFIG"
+    [[ -r "$config" ]] || { echo "ALERTMANAGER_CONFIG=$config is not a readable file" >&2; exit 1; }
+  elif [[ -n "${ALERT_SLACK_WEBHOOK_URL:-}" ]]; then
+    config="$ROOT/observability/alertmanager/alertmanager.yaml"
+  elif ! dry && kubectl get secret alertmanager-hybrid-llm -n "$MON_NS" >/dev/null 2>&1; then
+    echo "secret $MON_NS/alertmanager-hybrid-llm exists; keeping its receivers"
+    return
+  else
+    echo "no alert receiver: set ALERT_SLACK_WEBHOOK_URL (Slack incoming webhook) or ALERTMANAGER_CONFIG" \
+      "(an Alertmanager configuration file with your receivers); see docs/deploy.md" >&2
+    exit 1
+  fi
+  if dry; then
+    echo "+ kubectl apply -f - # Secret $MON_NS/alertmanager-hybrid-llm, key alertmanager.yaml = ${config//$ROOT\//}"
+  else
+    kubectl create secret generic alertmanager-hybrid-llm -n "$MON_NS" --from-file=alertmanager.yaml="$config" \
+      --dry-run=client -o yaml | kubectl apply -f -
+  fi
+  if [[ -n "${ALERT_SLACK_WEBHOOK_URL:-}" ]]; then
+    if dry; then
+      echo "+ kubectl apply -f - # Secret $MON_NS/alertmanager-receivers, key slack-webhook-url = \$ALERT_SLACK_WEBHOOK_URL"
+    else
+      printf 'slack-webhook-url=%s\n' "$ALERT_SLACK_WEBHOOK_URL" |
+        kubectl create secret generic alertmanager-receivers -n "$MON_NS" --from-env-file=/dev/stdin \
+          --dry-run=client -o yaml | kubectl apply -f -
+    fi
+  else
+    # Mounted into Alertmanager's pod, so it must exist even when a configuration file carries its own receivers.
+    ensure_secret "$MON_NS" alertmanager-receivers <<<"slack-webhook-url="
   fi
 }
 
@@ -164,19 +208,60 @@ step_operator() {
 }
 
 step_rayservice() {
+  # Images by digest only, and never the placeholder committed before a build exists.
+  if ! dry && grep -Eq '@sha256:0{64}' "$ROOT/kuberay/rayservice.yaml"; then
+    echo "kuberay/rayservice.yaml still names the placeholder image digest: build and push kuberay/Dockerfile," \
+      "then pin it with: python -m kuberay.render --image <repository>:<tag>@sha256:<digest>" >&2
+    exit 1
+  fi
+  # Default deny for the namespace before any Ray pod exists.
+  run kubectl apply -f "$ROOT/kuberay/networkpolicies.yaml"
   run kubectl apply -f "$ROOT/kuberay/podmonitors.yaml"
   run kubectl apply -f "$ROOT/kuberay/rayservice.yaml"
   run kubectl wait -n "$APP_NS" rayservice/hybrid-llm --for=condition=Ready --timeout=45m
 }
 
+# The public entry point: the AWS Load Balancer Controller (IAM role from eksctl) and the ALB Ingress with the
+# operator's ACM certificate, which must be in the cluster's region.
+step_ingress() {
+  local arn="${ACM_CERTIFICATE_ARN:-}"
+  if [[ ! "$arn" =~ ^arn:aws[a-z-]*:acm:([a-z0-9-]+):[0-9]{12}:certificate/[0-9a-f-]+$ ]]; then
+    echo "ACM_CERTIFICATE_ARN must name an ACM certificate (arn:aws:acm:<region>:<account>:certificate/<id>)" \
+      "for the ALB's HTTPS listener; got '${arn}'" >&2
+    exit 1
+  fi
+  if [[ "${BASH_REMATCH[1]}" != "$AWS_REGION" ]]; then
+    echo "ACM_CERTIFICATE_ARN is in ${BASH_REMATCH[1]}; an ALB in $AWS_REGION needs a certificate from $AWS_REGION" >&2
+    exit 1
+  fi
+  local vpc="<vpc-id>"
+  dry || vpc="$(aws eks describe-cluster --name "$CLUSTER_NAME" --region "$AWS_REGION" \
+    --query cluster.resourcesVpcConfig.vpcId --output text)"
+  run helm repo add --force-update eks https://aws.github.io/eks-charts
+  run helm upgrade --install aws-load-balancer-controller eks/aws-load-balancer-controller --version "$LBC_VERSION" \
+    -n kube-system -f "$ROOT/cluster/aws-load-balancer-controller.yaml" \
+    --set clusterName="$CLUSTER_NAME" --set region="$AWS_REGION" --set vpcId="$vpc" --wait
+  if dry; then
+    echo '+ kubectl apply -f - # kuberay/ingress.yaml with ${ACM_CERTIFICATE_ARN} = $ACM_CERTIFICATE_ARN'
+  else
+    sed "s|\${ACM_CERTIFICATE_ARN}|$arn|" "$ROOT/kuberay/ingress.yaml" | kubectl apply -f -
+  fi
+  run kubectl wait -n "$APP_NS" ingress/hybrid-llm --for=jsonpath='{.status.loadBalancer.ingress}' --timeout=10m
+}
+
+STEPS=(cluster secrets alerting observability operator rayservice ingress)
+
 main() {
   local steps=("$@")
-  [[ ${#steps[@]} -gt 0 ]] || steps=(cluster secrets observability operator rayservice)
+  [[ ${#steps[@]} -gt 0 ]] || steps=("${STEPS[@]}")
   for s in "${steps[@]}"; do
-    case "$s" in
-      cluster | secrets | observability | operator | rayservice) echo "== $s"; "step_$s" ;;
-      *) echo "unknown step: $s (cluster secrets observability operator rayservice)" >&2; exit 2 ;;
-    esac
+    if [[ " ${STEPS[*]} " == *" $s "* ]]; then
+      echo "== $s"
+      "step_$s"
+    else
+      echo "unknown step: $s (${STEPS[*]})" >&2
+      exit 2
+    fi
   done
 }
 

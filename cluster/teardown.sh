@@ -28,8 +28,12 @@ run() {
 # Helm uninstall that succeeds when the release is already gone (re-runs converge).
 uninstall() { run helm uninstall "$1" -n "$2" --ignore-not-found --wait; }
 
+# The Ingress first, while its controller runs: the controller deletes the ALB, then releases the Ingress.
+run kubectl delete -f "$ROOT/kuberay/ingress.yaml" --ignore-not-found --wait=true
+uninstall aws-load-balancer-controller kube-system
 run kubectl delete -f "$ROOT/kuberay/rayservice.yaml" --ignore-not-found --wait=true
 run kubectl delete -f "$ROOT/kuberay/podmonitors.yaml" --ignore-not-found
+run kubectl delete -f "$ROOT/kuberay/networkpolicies.yaml" --ignore-not-found
 uninstall kuberay-operator kuberay-system
 run kubectl delete -k "$ROOT/observability" --ignore-not-found
 uninstall langfuse langfuse

@@ -1,13 +1,18 @@
-"""Checks a running hybrid-llm deployment through the Kubernetes API and prints a table; changes nothing.
+"""Checks a running hybrid-llm deployment through the Kubernetes API and its public HTTPS entry; changes nothing.
 
-Usage: python -m cluster.verify [--kubeconfig PATH] [--context NAME] [--namespace hybrid-llm] ...
-Exit status 0 when every check passes, 1 otherwise.
+Usage: python -m cluster.verify [--kubeconfig PATH] [--context NAME] [--public-host NAME] ...
+Exit status 0 when every check passes, 1 otherwise. The router is checked the way clients reach it, through the
+ALB (the NetworkPolicies admit nothing else to its port); HYBRID_LLM_API_KEY, when set, is sent as its bearer key.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
+import os
+import socket
+import ssl
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +32,14 @@ class Target:
     pod_monitors: tuple[str, ...] = ("ray-head-monitor", "ray-workers-monitor")
     prometheus_rule: str = "hybrid-llm"
     dashboard_file: str = "hybrid-llm.json"
+    ingress: str = "hybrid-llm"
+    lb_controller_namespace: str = "kube-system"
+    lb_controller: str = "aws-load-balancer-controller"
+    # The name the ACM certificate is for (the DNS record pointing at the ALB); None: the ALB's own hostname.
+    public_host: str | None = None
+    https_port: int = 443
+    ca_file: str | None = None
+    api_key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,27 +118,75 @@ def check_dashboards(api: client.ApiClient, t: Target) -> Check:
     return Check("Grafana dashboards present", ok, f"{len(files)} dashboard(s)" + ("" if ok else ", ours missing"))
 
 
+def check_lb_controller(api: client.ApiClient, t: Target) -> Check:
+    deployment = client.AppsV1Api(api).read_namespaced_deployment(t.lb_controller, t.lb_controller_namespace)
+    wanted = deployment.spec.replicas or 0
+    ready = (deployment.status.available_replicas or 0) if deployment.status else 0
+    return Check("Load balancer controller", wanted > 0 and ready == wanted, f"{ready}/{wanted} replicas available")
+
+
+def _alb_hostname(api: client.ApiClient, t: Target) -> tuple[str | None, dict[str, str]]:
+    ingress = client.NetworkingV1Api(api).read_namespaced_ingress(t.ingress, t.namespace)
+    annotations = ingress.metadata.annotations or {}
+    balancer = ingress.status.load_balancer if ingress.status else None
+    entries = (balancer.ingress if balancer else None) or []
+    return next((e.hostname or e.ip for e in entries if e.hostname or e.ip), None), annotations
+
+
+def check_ingress(api: client.ApiClient, t: Target) -> Check:
+    hostname, annotations = _alb_hostname(api, t)
+    arn = annotations.get("alb.ingress.kubernetes.io/certificate-arn", "")
+    if not arn.startswith("arn:aws"):
+        return Check("Ingress with an ALB", False, f"certificate-arn is {arn!r}, not an ACM ARN")
+    return Check("Ingress with an ALB", hostname is not None, hostname or "no ALB address yet")
+
+
+class _HTTPSTo(http.client.HTTPSConnection):
+    """HTTPS to one address while SNI, certificate check and Host name the public host (the ALB's DNS alias)."""
+
+    def __init__(self, address: str, host: str, port: int, context: ssl.SSLContext) -> None:
+        super().__init__(host, port, context=context, timeout=15)
+        self._address = address
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self._address, self.port), self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # type: ignore[attr-defined]
+
+
 def check_router(api: client.ApiClient, t: Target) -> Check:
-    # The API server's service proxy reaches the router without a port-forward or a load balancer.
-    core = client.CoreV1Api(api)
+    name = "Router via the ALB /readyz"
+    address, _ = _alb_hostname(api, t)
+    if address is None:
+        return Check(name, False, "no ALB address yet")
+    host = t.public_host or address
+    headers = {"Authorization": f"Bearer {t.api_key}"} if t.api_key else {}
+    connection = _HTTPSTo(address, host, t.https_port, ssl.create_default_context(cafile=t.ca_file))
     try:
-        body = core.connect_get_namespaced_service_proxy_with_path(
-            f"{t.serve_service}:serve", t.namespace, "readyz", _preload_content=False
-        )
-        status, text = body.status, body.data.decode()
-    except ApiException as exc:
-        status, text = exc.status, exc.body or exc.reason or ""
+        connection.request("GET", "/readyz", headers=headers)
+        response = connection.getresponse()
+        status, text = response.status, response.read().decode(errors="replace")
+    except ssl.SSLCertVerificationError as exc:
+        hint = "" if t.public_host else " (pass --public-host, the name the certificate is for)"
+        return Check(name, False, f"TLS: {exc.verify_message}{hint}")
+    except OSError as exc:
+        return Check(name, False, f"https://{host}: {exc}")
+    finally:
+        connection.close()
     ok, summary = _readiness(text)
-    return Check("Router answering /readyz", status == 200 and ok, f"HTTP {status} {summary}".strip())
+    return Check(name, status == 200 and ok, f"HTTPS {status} {summary}".strip())
 
 
 def _readiness(text: str) -> tuple[bool, str]:
-    """(every backend ready, 'local=ready cloud=not ready') from the router's /readyz JSON."""
+    """(every backend ready, 'local=ready cloud=not ready') from the router's /readyz JSON; a body without the
+    per-backend detail (it may be kept for callers with a key) leaves the verdict to the status code."""
     try:
-        backends = json.loads(text)["backends"]
-        states = {name: bool(b.get("ready")) for name, b in backends.items()}
-    except (ValueError, KeyError, TypeError, AttributeError):
+        body = json.loads(text)
+    except ValueError:
         return False, text[:60]
+    try:
+        states = {name: bool(b.get("ready")) for name, b in body["backends"].items()}
+    except (KeyError, TypeError, AttributeError):
+        return True, "(no per-backend detail)"
     summary = " ".join(f"{name}={'ready' if ready else 'not ready'}" for name, ready in sorted(states.items()))
     return bool(states) and all(states.values()), summary
 
@@ -137,6 +198,8 @@ CHECKS: tuple[Callable[[client.ApiClient, Target], Check], ...] = (
     check_dcgm_exporter,
     check_monitors,
     check_dashboards,
+    check_lb_controller,
+    check_ingress,
     check_router,
 )
 
@@ -167,6 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--namespace", default=defaults.namespace)
     parser.add_argument("--rayservice", default=defaults.rayservice)
     parser.add_argument("--monitoring-namespace", default=defaults.monitoring_namespace)
+    parser.add_argument("--public-host", help="the name the ACM certificate is for (default: the ALB's hostname)")
+    parser.add_argument("--https-port", type=int, default=defaults.https_port)
+    parser.add_argument("--ca-file", help="CA bundle for the public certificate (default: the system's)")
     args = parser.parse_args(argv)
     configuration = client.Configuration()
     config.load_kube_config(config_file=args.kubeconfig, context=args.context, client_configuration=configuration)
@@ -175,6 +241,10 @@ def main(argv: list[str] | None = None) -> int:
         rayservice=args.rayservice,
         serve_service=f"{args.rayservice}-serve-svc",
         monitoring_namespace=args.monitoring_namespace,
+        public_host=args.public_host,
+        https_port=args.https_port,
+        ca_file=args.ca_file,
+        api_key=os.environ.get("HYBRID_LLM_API_KEY") or None,
     )
     with client.ApiClient(configuration) as api:
         checks = run_checks(api, target)

@@ -1,11 +1,14 @@
 """`python -m cluster.verify` against a loopback server speaking the Kubernetes REST wire format, replaying
-recorded API responses (tests/deploy/fixtures/k8s/*.json: request path -> status and JSON body)."""
+recorded API responses (tests/deploy/fixtures/k8s/*.json: request path -> status and JSON body), and a loopback
+HTTPS server standing in for the ALB (its certificate made by openssl for the public name)."""
 
 from __future__ import annotations
 
 import copy
 import http.server
 import json
+import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -20,6 +23,61 @@ from deploy_support import REPO, SCHEMAS, load_json, strict
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "k8s"
 RAYSERVICE_PATH = "/apis/ray.io/v1/namespaces/hybrid-llm/rayservices/hybrid-llm"
+PUBLIC_HOST = "llm.example.test"
+READY = {"backends": {"cloud": {"ready": True}, "local": {"ready": True}}}
+NOT_READY = {"backends": {"cloud": {"ready": False}, "local": {"ready": False}}}
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory) -> tuple[Path, Path]:
+    """A self-signed certificate for PUBLIC_HOST, standing in for the operator's ACM certificate."""
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"),
+            *("-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", f"/CN={PUBLIC_HOST}"),
+            *("-addext", f"subjectAltName=DNS:{PUBLIC_HOST}"),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+class _ReadyzHandler(http.server.BaseHTTPRequestHandler):
+    status = 200
+    body: dict = READY
+    seen: list[tuple[str, str | None, str | None]] = []
+
+    def do_GET(self) -> None:
+        self.seen.append((self.path, self.headers.get("Host"), self.headers.get("Authorization")))
+        data = json.dumps(self.body).encode()
+        self.send_response(self.status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def alb(certificate) -> Iterator[tuple[int, type[_ReadyzHandler]]]:
+    """The ALB: HTTPS on loopback with the public name's certificate, answering the router's /readyz."""
+    handler = type("A", (_ReadyzHandler,), {"seen": []})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(*map(str, certificate))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], handler
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -92,10 +150,11 @@ def api(request, tmp_path):
     yield from _serve(responses, tmp_path)
 
 
-def _verify(kubeconfig: Path) -> subprocess.CompletedProcess[str]:
+def _verify(kubeconfig: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cluster.verify", "--kubeconfig", str(kubeconfig)],
+        [sys.executable, "-m", "cluster.verify", "--kubeconfig", str(kubeconfig), *args],
         cwd=REPO,
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=False,
@@ -112,17 +171,41 @@ def _rows(stdout: str) -> dict[str, tuple[str, str]]:
     return rows
 
 
+def _public(port: int, cert: Path, host: str = PUBLIC_HOST) -> list[str]:
+    return ["--public-host", host, "--https-port", str(port), "--ca-file", str(cert)]
+
+
 @pytest.mark.parametrize("api", ["healthy"], indirect=True)
-def test_verify_healthy_cluster_passes_every_check(api):
+def test_verify_healthy_cluster_passes_every_check(api, alb, certificate):
     kubeconfig, seen = api
-    done = _verify(kubeconfig)
+    port, handler = alb
+    done = _verify(kubeconfig, *_public(port, certificate[0]), HYBRID_LLM_API_KEY="hl-test-key")
     assert done.returncode == 0, done.stdout + done.stderr
     rows = _rows(done.stdout)
-    assert len(rows) == 7 and all(result == "ok" for result, _ in rows.values()), done.stdout
+    assert len(rows) == 9 and all(result == "ok" for result, _ in rows.values()), done.stdout
     assert rows["Serve applications RUNNING"][1] == "llm=RUNNING, router=RUNNING"
     assert rows["GPU node allocatable"][1] == "1 node(s), nvidia.com/gpu=1"
-    assert rows["Router answering /readyz"][1] == "HTTP 200 cloud=ready local=ready"
-    assert "/api/v1/namespaces/hybrid-llm/services/hybrid-llm-serve-svc:serve/proxy/readyz" in seen
+    assert rows["Load balancer controller"][1] == "2/2 replicas available"
+    assert rows["Ingress with an ALB"][1] == "127.0.0.1"
+    assert rows["Router via the ALB /readyz"][1] == "HTTPS 200 cloud=ready local=ready"
+    # Through the ALB with the public name, the client key as its bearer; never the API server's service proxy.
+    assert handler.seen == [("/readyz", PUBLIC_HOST + f":{port}", "Bearer hl-test-key")]
+    assert not any("/proxy/" in path for path in seen)
+
+
+@pytest.mark.parametrize("api", ["healthy"], indirect=True)
+def test_verify_fails_on_a_certificate_for_another_name_or_a_router_not_ready(api, alb, certificate):
+    kubeconfig, _ = api
+    port, handler = alb
+    wrong = _rows(_verify(kubeconfig, *_public(port, certificate[0], "other.example.test")).stdout)
+    assert wrong["Router via the ALB /readyz"][0] == "FAIL"
+    assert wrong["Router via the ALB /readyz"][1].startswith("TLS: Hostname mismatch")
+    untrusted = _rows(_verify(kubeconfig, "--public-host", PUBLIC_HOST, "--https-port", str(port)).stdout)
+    assert untrusted["Router via the ALB /readyz"][1].startswith("TLS: ")
+    handler.status, handler.body = 503, NOT_READY
+    done = _verify(kubeconfig, *_public(port, certificate[0]))
+    assert done.returncode == 1
+    assert _rows(done.stdout)["Router via the ALB /readyz"] == ("FAIL", "HTTPS 503 cloud=not ready local=not ready")
 
 
 @pytest.mark.parametrize("api", ["degraded"], indirect=True)
@@ -137,7 +220,17 @@ def test_verify_degraded_cluster_fails_and_says_why(api):
     assert rows["DCGM exporter running"] == ("FAIL", "0/0 pods ready")
     assert rows["Monitors and rules present"] == ("FAIL", "missing: ray-workers-monitor")
     assert rows["Grafana dashboards present"] == ("FAIL", "0 dashboard(s), ours missing")
-    assert rows["Router answering /readyz"] == ("FAIL", "HTTP 503 cloud=not ready local=not ready")
+    assert rows["Load balancer controller"] == ("FAIL", "0/2 replicas available")
+    assert rows["Ingress with an ALB"] == ("FAIL", "no ALB address yet")
+    assert rows["Router via the ALB /readyz"] == ("FAIL", "no ALB address yet")
+
+
+def test_verify_readiness_without_per_backend_detail_goes_by_status():
+    from cluster.verify import _readiness
+
+    assert _readiness(json.dumps(READY)) == (True, "cloud=ready local=ready")
+    assert _readiness("{}") == (True, "(no per-backend detail)")
+    assert _readiness("<html>oops</html>") == (False, "<html>oops</html>")
 
 
 def test_verify_reports_a_missing_rayservice_as_an_api_error(tmp_path):

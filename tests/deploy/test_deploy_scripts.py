@@ -10,12 +10,18 @@ import pytest
 from deploy_support import REPO
 
 DOC = REPO / "docs" / "deploy.md"
+STEPS = ["cluster", "secrets", "alerting", "observability", "operator", "rayservice", "ingress"]
+# What an operator exports before a full run (the values are illustrative, not credentials).
+OPERATOR_ENV = {
+    "ACM_CERTIFICATE_ARN": "arn:aws:acm:us-east-1:123456789012:certificate/6f1c2b9e-0d3a-4f5b-9c7e-2a8d4e6f1b3c",
+    "ALERT_SLACK_WEBHOOK_URL": "https://hooks.slack.example/services/T0/B0/x",
+}
 
 
 def dry_run(script: str, *args: str, **env: str) -> list[str]:
     done = subprocess.run(
         ["bash", str(REPO / "cluster" / script), *args],
-        env={**os.environ, "DRY_RUN": "1", **env},
+        env={**os.environ, "DRY_RUN": "1", **OPERATOR_ENV, **env},
         capture_output=True,
         text=True,
         check=False,
@@ -35,7 +41,7 @@ def test_scripts_parse_and_are_executable(script):
 
 def test_deploy_runs_the_steps_in_order():
     steps = [line[3:] for line in dry_run("deploy.sh") if line.startswith("== ")]
-    assert steps == ["cluster", "secrets", "observability", "operator", "rayservice"]
+    assert steps == STEPS
 
 
 def test_deploy_commands_are_idempotent_and_files_exist():
@@ -95,6 +101,20 @@ def test_docs_list_exactly_what_the_scripts_run(script):
 def test_docs_commands_exist():
     doc = DOC.read_text()
     for step in re.findall(r"cluster/deploy\.sh (\w+)", doc):
-        assert step in {"cluster", "secrets", "observability", "operator", "rayservice"}, step
+        assert step in STEPS, step
     assert "python -m cluster.verify" in doc and "python -m kuberay.render" in doc
     assert "# Deploy to EKS" in doc
+
+
+def test_troubleshooting_names_what_the_manifests_and_values_use():
+    doc = (REPO / "docs" / "troubleshooting.md").read_text()
+    for path in re.findall(r"`((?:cluster|kuberay|observability|tests)/[\w./-]+)`", doc):
+        assert (REPO / path).exists(), path
+    policies = (REPO / "kuberay" / "networkpolicies.yaml").read_text()
+    for label in ("app.kubernetes.io/name: opentelemetry-collector", 'ray.io/is-ray-node: "yes"'):
+        assert label in doc and label in policies
+    dcgm = (REPO / "observability" / "values" / "dcgm-exporter.yaml").read_text()
+    assert "role: gpu" in doc and "role: gpu" in dcgm
+    for heading in ("GPU utilisation stays at 0", "No DCGM series", "No spans in Tempo", "No generations in Langfuse"):
+        assert f"## {heading}" in doc
+    assert "## Langfuse's databases for production" in doc

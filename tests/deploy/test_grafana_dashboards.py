@@ -36,7 +36,15 @@ ROUTER_METRICS = {
         for suffix in ("bucket", "sum", "count")
     ),
 }
-DCGM_METRICS = {"DCGM_FI_DEV_GPU_UTIL", "DCGM_FI_DEV_FB_USED", "DCGM_FI_DEV_FB_FREE", "DCGM_FI_DEV_POWER_USAGE"}
+DCGM_METRICS = {
+    "DCGM_FI_DEV_GPU_UTIL",
+    "DCGM_FI_DEV_FB_USED",
+    "DCGM_FI_DEV_FB_FREE",
+    "DCGM_FI_DEV_POWER_USAGE",
+    "DCGM_FI_DEV_MEM_COPY_UTIL",
+    "DCGM_FI_DEV_SM_CLOCK",
+    "DCGM_FI_DEV_GPU_TEMP",
+}
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +78,9 @@ def test_dashboard_answers_the_operators_questions(dashboard):
         "gpu utilisation",
         "gpu memory",
         "gpu power",
+        "memory-copy utilisation",
+        "sm clock",
+        "temperature",
         "vllm queue",
         "kv-cache",
         "healthy replicas",
@@ -133,7 +144,7 @@ def test_broken_promql_is_reported(prometheus):
 
 def test_gpu_panels_return_data_from_the_dcgm_exposition(prometheus):
     gpu = [e for e in dashboard_expressions(DASHBOARD) if e.kind == "panel" and e.metrics and e.metrics <= DCGM_METRICS]
-    assert len(gpu) == 3
+    assert len(gpu) == 6  # utilisation, memory, power, memory copy, SM clock, temperature
     for expr in gpu:
         result = prometheus.query(expr.promql)
         assert result, f"{expr.location} returned no data"
@@ -145,3 +156,29 @@ def test_gpu_panels_return_data_from_the_dcgm_exposition(prometheus):
 def test_recording_rule_config_feeds_the_budget_line(prometheus):
     (budget,) = [e for e in dashboard_expressions(DASHBOARD) if e.metrics == {"hybrid_llm:cloud_budget_usd_per_hour"}]
     assert prometheus.query(budget.promql), "rules are not loaded"
+
+
+def test_dcgm_panels_read_the_exporters_default_counters_in_their_units(dashboard, prometheus):
+    """Memory-copy utilisation, SM clock and temperature: counters the chart's default set exports (the recorded
+    exposition is that set), each with its unit and the value an L4 under load reports."""
+    panels = {p["title"]: p for p in dashboard["panels"]}
+    wanted = {
+        "GPU memory-copy utilisation": ("percent", {"DCGM_FI_DEV_MEM_COPY_UTIL"}),
+        "GPU SM clock": ("rotmhz", {"DCGM_FI_DEV_SM_CLOCK"}),
+        "GPU temperature": ("celsius", {"DCGM_FI_DEV_GPU_TEMP"}),
+    }
+    for title, (unit, metrics) in wanted.items():
+        panel = panels[title]
+        assert panel["fieldConfig"]["defaults"]["unit"] == unit, title
+        exprs = [e for e in dashboard_expressions(DASHBOARD) if e.kind == "panel" and e.location.startswith(title)]
+        assert set().union(*(e.metrics for e in exprs)) == metrics, title
+        for expr in exprs:
+            (series,) = prometheus.query(expr.promql)
+            value = float(series["value"][1])
+            assert series["metric"]["Hostname"] and value > 0, expr.location
+            if unit == "percent":
+                assert value <= 100
+            if unit == "rotmhz":
+                assert 200 < value <= 2100  # an L4's SM clock range
+            if unit == "celsius":
+                assert 20 < value < 110

@@ -27,6 +27,7 @@ CHARTS = {
     VALUES / "opentelemetry-collector-langfuse.yaml": "opentelemetry-collector",
     VALUES / "langfuse.yaml": "langfuse",
     REPO / "kuberay" / "operator-values.yaml": "kuberay-operator",
+    REPO / "cluster" / "aws-load-balancer-controller.yaml": "aws-load-balancer-controller",
 }
 # Maps whose keys are free-form even though the default is a non-empty map.
 FREE_FORM = {
@@ -37,7 +38,9 @@ FREE_FORM = {
 # Kubernetes-shaped maps (resource requirements, label maps...) are free-form wherever they appear.
 FREE_NAMES = {"resources", "annotations", "labels", "nodeSelector", "additionalLabels", "extraLabels", "affinity"}
 # Keys a chart documents only in a comment of its values.yaml (checked below to really be there).
-COMMENTED = {"kube-prometheus-stack": {"grafana.persistence.storageClassName"}}
+COMMENTED = {
+    "kube-prometheus-stack": {"grafana.persistence.storageClassName", "alertmanager.alertmanagerSpec.configSecret"}
+}
 SUBCHARTS = {"kube-prometheus-stack": ["grafana"]}
 
 
@@ -129,6 +132,7 @@ def test_chart_versions_match_the_deploy_script():
         ("OTEL_VERSION", "opentelemetry-collector"),
         ("LANGFUSE_VERSION", "langfuse"),
         ("KUBERAY_VERSION", "kuberay-operator"),
+        ("LBC_VERSION", "aws-load-balancer-controller"),
     ]:
         pinned = re.search(rf"^{var}=(\S+)$", script, re.M)
         assert pinned, var

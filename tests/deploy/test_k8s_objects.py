@@ -28,8 +28,8 @@ def kustomized() -> list[dict]:
 def _manifest_docs() -> list[tuple[str, dict]]:
     docs = []
     for path in sorted([*REPO.glob("cluster/*.yaml"), *REPO.glob("kuberay/*.yaml")]):
-        if path.name in {"eksctl-cluster.yaml", "operator-values.yaml"}:  # not Kubernetes objects
-            continue
+        if path.name in {"eksctl-cluster.yaml", "operator-values.yaml", "aws-load-balancer-controller.yaml"}:
+            continue  # not Kubernetes objects: eksctl's config and Helm values
         docs += [(str(path.relative_to(REPO)), d) for d in load_yaml_docs(path)]
     return docs
 

@@ -116,16 +116,19 @@ def test_rayservice_secrets_come_from_secret_refs_and_otlp_env_is_set(rayservice
     cluster = rayservice["spec"]["rayClusterConfig"]
     containers = [cluster["headGroupSpec"]["template"]["spec"]["containers"][0]]
     containers += [g["template"]["spec"]["containers"][0] for g in cluster["workerGroupSpecs"]]
-    for container in containers:
+    for container in containers[1:]:  # the head runs no application code that traces
         env = {e["name"]: e for e in container["env"]}
-        for name in ("ANTHROPIC_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"):
-            assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"]
         assert env["OTEL_EXPORTER_OTLP_ENDPOINT"]["value"].startswith("http://otel-collector.")
-        mounts = {m["mountPath"] for m in container["volumeMounts"]}
-        serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
-        router = next(a for a in serve["applications"] if a["name"] == "router")
-        keys_file = router["args"]["auth"]["api_keys_file"]
-        assert any(keys_file.startswith(m + "/") for m in mounts)
+    # The router's group: its secrets by reference, its keys file mounted (tests/deploy/test_cluster_hardening.py
+    # checks that no other group has them).
+    router = _groups(rayservice)["cpu"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e for e in router["env"]}
+    for name in ("ANTHROPIC_API_KEY", "LANGFUSE_PUBLIC_KEY", "LANGFUSE_SECRET_KEY"):
+        assert "value" not in env[name] and env[name]["valueFrom"]["secretKeyRef"]["name"]
+    mounts = {m["mountPath"] for m in router["volumeMounts"]}
+    serve = yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+    keys_file = next(a for a in serve["applications"] if a["name"] == "router")["args"]["auth"]["api_keys_file"]
+    assert any(keys_file.startswith(m + "/") for m in mounts)
 
 
 def test_rayservice_upgrade_strategy_is_explicit(rayservice):

@@ -33,7 +33,7 @@ REFERENCE = re.compile(r"^(\$\{env:[A-Z_]+\}|\$[A-Z_]+|<[a-z -]+>)$")
 # Keys that name a Secret or a key inside one, or are booleans/settings, not credentials.
 NOT_A_CREDENTIAL = re.compile(
     r"(existingSecret|secretName|secretKeyRef|SecretKey|PasswordKey|userKey|passwordKey|Key$|enableAuth|"
-    r"auth\.enabled|usersExistingSecret|existingConfigSecret|tokenSecret)",
+    r"auth\.enabled|usersExistingSecret|existingConfigSecret|configSecret|tokenSecret)",
 )
 
 
