@@ -11,7 +11,7 @@ import asyncio
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -141,18 +141,23 @@ def create_app(
 
 
 class _ChatStreamResponse(StreamingResponse):
-    """A StreamingResponse that ends its ChatStream however the response ends, also when the client left before
-    the body iterator ever ran (then nothing else would finish the observation or close the backend stream)."""
+    """A StreamingResponse that ends its ChatStream however the response ends: done, the client gone before the
+    body ran, or gone while `send` blocked (Starlette leaves the body iterator suspended then, never closed)."""
 
-    def __init__(self, stream: ChatStream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+    def __init__(self, stream: ChatStream, content: AsyncGenerator[bytes], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._chat_stream = stream
+        self._content = content
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._chat_stream.abandon()
+            try:
+                await self._content.aclose()
+            except Exception:
+                logger.debug("closing the response body failed", exc_info=True)
+            await self._chat_stream.aclose()
 
 
 MESSAGES_PATH = "/v1/messages"

@@ -7,16 +7,18 @@ it; every test here runs in both modes, since a deadline or a close bound to the
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
+from starlette.requests import ClientDisconnect
 
 from serve_app.backends.anthropic import AnthropicBackend
 from serve_app.config import CloudBackendArgs
-from tests.component.fakes import API_KEY, chat_body, sse_events
+from tests.component.fakes import API_KEY, HANG, chat_body, http_scope, reply, sse_events
 from tests.support.anthropic_standin import AnthropicStandIn
 
 pytestmark = pytest.mark.timeout(60)
@@ -70,3 +72,62 @@ async def test_a_stalled_upstream_stream_ends_with_a_timeout_event_and_done(
     (span,) = router.spans.get_finished_spans()
     assert span.attributes["llm.outcome"] == "error"
     assert span.attributes["error.type"] == "UpstreamTimeout"
+
+
+def _usage_chunks(model: str, count: int) -> list[dict[str, Any]]:
+    """Chunks that carry cumulative usage, as the local backend's do."""
+    chunks = reply(model, *(f"w{i} " for i in range(count)))[1:-1]
+    for n, chunk in enumerate(chunks, start=1):
+        chunk["usage"] = {"prompt_tokens": 11, "completion_tokens": n, "total_tokens": 11 + n}
+    return chunks
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize("ending", ["disconnect-2.3", "oserror-2.4", "cancelled-2.4"])
+async def test_a_client_gone_while_send_blocks_closes_the_upstream_and_counts_its_tokens(router, local, path, ending):
+    """The client stops reading, `send` blocks, then the client is gone: the server reports it as a disconnect
+    message (below 2.4), as an OSError from `send` (2.4) or by cancelling the request's task. The app closes the
+    upstream itself, then records the request as cancelled with the tokens it had produced."""
+    local.script(*_usage_chunks("local-model", 3), HANG)
+    version = ending.rsplit("-", 1)[1]
+    body = json.dumps(chat_body("bye", stream=True, max_tokens=8)).encode()
+    headers = [(b"content-type", b"application/json"), (b"authorization", f"Bearer {API_KEY}".encode())]
+    scope = {**http_scope(path, headers), "asgi": {"version": "3.0", "spec_version": version}}
+    gone = asyncio.Event()
+    blocked = asyncio.Event()
+    requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> dict:
+        if requests:
+            return requests.pop(0)
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body":
+            blocked.set()
+            await gone.wait()  # a client that reads nothing more: the socket's buffers are full
+            if ending.startswith("oserror"):
+                raise OSError("the client is gone")
+
+    task = asyncio.create_task(router.app(scope, receive, send))
+    await asyncio.wait_for(blocked.wait(), 5)
+    (upstream,) = local.streams
+    close, spans_at_close = upstream.aclose, []
+
+    async def recording_close() -> None:
+        spans_at_close.append(len(router.spans.get_finished_spans()))
+        await close()
+
+    upstream.aclose = recording_close  # type: ignore[method-assign]
+    gone.set()
+    if ending.startswith("cancelled"):
+        task.cancel()
+    with contextlib.suppress(ClientDisconnect, asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert upstream.aclosed
+    assert spans_at_close == [0]  # closed before the request was recorded, not later by the garbage collector
+    (span,) = router.spans.get_finished_spans()
+    assert span.attributes["llm.outcome"] == "cancelled"
+    assert span.attributes["gen_ai.usage.output_tokens"] >= 1
+    assert router.metrics.counter("router_requests", outcome="cancelled") == 1
