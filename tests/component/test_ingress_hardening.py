@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 import pytest
 
-from tests.component.fakes import chat_body
+from tests.component.fakes import chat_body, router_args
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -29,3 +32,22 @@ async def test_span_names_come_only_from_the_models_the_router_serves(router, cl
     (span,) = router.spans.get_finished_spans()
     assert span.name == name
     assert span.attributes["gen_ai.request.model"] == model  # the client's string stays an attribute
+
+
+# ---- log volume per request is bounded ----------------------------------------------------------------------
+
+
+async def test_unknown_fields_write_at_most_one_short_log_line_per_request(make_router, caplog):
+    """Thousands of distinct unknown field names, at the top and nested: one bounded line, then none for names
+    already named."""
+    tag = uuid.uuid4().hex[:8]  # names no earlier test logged
+    body = chat_body(**{f"top_{tag}_{i}": i for i in range(1500)})
+    body["messages"][0] |= {f"nested_{tag}_{i}_" + "y" * 200: i for i in range(1500)}
+    caplog.set_level(logging.DEBUG, logger="serve_app.protocol")
+    client = make_router(args=router_args(max_request_bytes=4 * 1024 * 1024)).client()
+    for _ in range(3):
+        response = await client.post("/v1/chat/completions", json=body)
+        assert response.status_code == 200
+    lines = [r.getMessage() for r in caplog.records if r.name == "serve_app.protocol" and r.levelno >= logging.INFO]
+    assert len(lines) == 3 and all(len(line) < 1000 for line in lines)
+    assert "and 2995 more" in lines[0] and "and 2990 more" in lines[1]
