@@ -34,7 +34,7 @@ from serve_app.messages_api import (
     new_event_state,
     to_chat_request,
 )
-from serve_app.protocol import ChatCompletionRequest
+from serve_app.protocol import ChatCompletionRequest, OpenAIBaseModel
 from serve_app.sse import DONE, encode_data, encode_event
 from serve_app.telemetry import Telemetry
 
@@ -229,7 +229,11 @@ def _param_path(data: Any, loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-plain"})
+# pydantic labels union branches by type: builtin names and the model classes of the wire module.
+_TYPE_LABELS = frozenset(
+    {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-plain"}
+    | {cls.__name__ for cls in OpenAIBaseModel.__subclasses__()}
+)
 
 
 async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> AsyncIterator[bytes]:
