@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
@@ -19,6 +20,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 
 from serve_app.assemble import ChatAssembler, client_chunk, usage_chunk
 from serve_app.auth import ApiKeys
@@ -297,19 +299,52 @@ def _id_header(request: Request) -> dict[str, str]:
 
 
 def _header_request_id(request: Request) -> str:
-    supplied = request.headers.get("x-request-id", "")
-    if supplied and len(supplied) <= 128 and all(c.isalnum() or c in "-_." for c in supplied):
-        return supplied
-    return uuid.uuid4().hex
+    return valid_request_id(request.headers.get("x-request-id"))
 
 
 def _serve_request_id(request: Request) -> str:
-    """The id Serve's proxy gave this request (the client's X-Request-Id, or a new one)."""
+    """The id Serve gave this request: the client's X-Request-Id if it is a valid id, else a server-made one."""
     try:
         request_id = serve.context._get_serve_request_context().request_id
     except Exception:
         request_id = ""
-    return request_id or _header_request_id(request)
+    return valid_request_id(request_id) if request_id else _header_request_id(request)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_REQUEST_ID_HEADER = b"x-request-id"
+
+
+def valid_request_id(supplied: str | None) -> str:
+    """`supplied` if it is a request id this server passes on (1-128 ASCII letters, digits, `-_.`), else a new one:
+    it ends up in response ids, headers, span attributes and Langfuse metadata."""
+    if supplied and _REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
+
+
+class RequestIdGuard:
+    """ASGI middleware in front of the replica's own HTTP server (HAProxy sends requests straight to it): replaces
+    any X-Request-Id that is not a valid id with a server-made one before Serve reads it. Serve decodes that header
+    as UTF-8 before the app runs (one byte that is not becomes a plain-text 500) and echoes it in the response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope.get("headers") or []
+            supplied = [value for name, value in headers if name.lower() == _REQUEST_ID_HEADER]
+            if supplied and (len(supplied) > 1 or not _REQUEST_ID.fullmatch(supplied[0].decode("latin-1"))):
+                kept = [(name, value) for name, value in headers if name.lower() != _REQUEST_ID_HEADER]
+                scope = {**scope, "headers": [*kept, (_REQUEST_ID_HEADER, uuid.uuid4().hex.encode())]}
+        await self.app(scope, receive, send)
+
+
+def serve_http_middlewares() -> list[Middleware]:
+    """Ray Serve's HTTP proxy callback (`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, set in the router's
+    runtime_env): middlewares for the replica's HTTP server, outermost last, so this guard runs first."""
+    return [Middleware(RequestIdGuard)]
 
 
 @serve.deployment(name="Router")

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import logging
+import re
 import uuid
+from typing import Any
 
+import httpx
 import pytest
 
-from tests.component.fakes import chat_body, router_args
+from serve_app.auth import ApiKeys
+from serve_app.config import AuthArgs
+from serve_app.ingress import _serve_request_id, create_app, serve_http_middlewares
+from tests.component.fakes import API_KEY, chat_body, router_args
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,3 +57,84 @@ async def test_unknown_fields_write_at_most_one_short_log_line_per_request(make_
     lines = [r.getMessage() for r in caplog.records if r.name == "serve_app.protocol" and r.levelno >= logging.INFO]
     assert len(lines) == 3 and all(len(line) < 1000 for line in lines)
     assert "and 2995 more" in lines[0] and "and 2990 more" in lines[1]
+
+
+# ---- X-Request-Id: valid or replaced, wherever it enters -------------------------------------------------------
+
+BAD_IDS = [
+    pytest.param(b"a" * 5000, id="5000-chars"),
+    pytest.param(b"id with space", id="spaces"),
+    pytest.param("caf\u00e9".encode(), id="utf8-non-ascii"),
+    pytest.param(b"id-\xff", id="not-utf8"),
+    pytest.param(b"", id="empty"),
+]
+SERVER_MADE = re.compile(r"[0-9a-f]{32}")
+
+
+def _ray_replica_ingress(app: Any) -> Any:
+    """The replica's HTTP server as Ray Serve 2.60 builds it (its middlewares around its own ASGI entry, which
+    decodes X-Request-Id as UTF-8 into the request context before the app runs), around `app`."""
+    from ray.serve import context
+    from ray.serve._private.http_util import _apply_middlewares
+
+    async def replica_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        request_id = dict(scope["headers"]).get(b"x-request-id", b"").decode("utf-8")  # as Ray's replica does
+        context._set_request_context(request_id=request_id)
+        await app(scope, receive, send)
+
+    return _apply_middlewares(replica_asgi, serve_http_middlewares())
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+@pytest.mark.parametrize("supplied", BAD_IDS)
+async def test_an_invalid_request_id_is_replaced_under_serve(make_router, local, path, supplied):
+    router = make_router(local=local)
+    app = create_app(
+        router.service,
+        keys=ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY}),
+        max_request_bytes=4096,
+        request_id_of=_serve_request_id,
+        echo_request_id=False,  # Serve's middleware echoes the id it holds
+    )
+    transport = httpx.ASGITransport(app=_ray_replica_ingress(app))
+    headers = [("authorization", f"Bearer {API_KEY}"), ("x-request-id", supplied)]
+    async with httpx.AsyncClient(transport=transport, base_url="http://router.test") as client:
+        body = chat_body(max_tokens=16)
+        response = await client.post(path, json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    request_id = response.headers["x-request-id"]
+    assert SERVER_MADE.fullmatch(request_id) and request_id.encode() != supplied
+    assert local.calls[0].request_id == request_id
+    (span,) = router.spans.get_finished_spans()
+    assert span.attributes["llm.request_id"] == request_id
+    if path == "/v1/messages":
+        assert response.json()["id"] == f"msg_{request_id}"
+
+
+@pytest.mark.parametrize("supplied", BAD_IDS)
+async def test_an_invalid_request_id_is_replaced_outside_serve(router, local, supplied):
+    client = router.client()
+    response = await client.post("/v1/chat/completions", json=chat_body(), headers=[("x-request-id", supplied)])
+    assert response.status_code == 200
+    request_id = response.headers["x-request-id"]
+    assert SERVER_MADE.fullmatch(request_id) and local.calls[0].request_id == request_id
+
+
+async def test_a_valid_request_id_passes_through_serve(make_router, local):
+    router = make_router(local=local)
+    app = create_app(
+        router.service,
+        keys=ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY}),
+        max_request_bytes=4096,
+        request_id_of=_serve_request_id,
+        echo_request_id=False,
+    )
+    transport = httpx.ASGITransport(app=_ray_replica_ingress(app))
+    async with httpx.AsyncClient(transport=transport, base_url="http://router.test") as client:
+        response = await client.post(
+            "/v1/chat/completions",
+            json=chat_body(),
+            headers={"authorization": f"Bearer {API_KEY}", "x-request-id": "req-42.a_b"},
+        )
+    assert response.status_code == 200
+    assert response.headers["x-request-id"] == "req-42.a_b" == local.calls[0].request_id
