@@ -41,6 +41,14 @@ class ApiKeys:
             logger.error("no API keys configured (%s or auth.api_keys_file): every /v1 request gets 401", KEYS_ENV)
         return cls(keys=tuple(k.encode() for k in keys), open=is_open)
 
+    def allows(self, authorization: str | None) -> bool:
+        """Whether `check` would pass (for endpoints that answer less, not 401, without a key)."""
+        try:
+            self.check(authorization)
+        except Unauthenticated:
+            return False
+        return True
+
     def check(self, authorization: str | None) -> None:
         """Raises Unauthenticated unless `authorization` is `Bearer <a configured key>`."""
         if self.open:

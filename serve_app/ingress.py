@@ -58,7 +58,8 @@ def create_app(
 
     `echo_request_id=False` under Serve: its proxy already returns X-Request-Id (the same id).
     """
-    app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None)
+    # The schema is served below, behind a key: it maps the attack surface.
+    app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None, openapi_url=None)
     request_id_of = request_id_of or _header_request_id
 
     def _error_response(exc: RouterError, request: Request) -> JSONResponse:
@@ -88,9 +89,20 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness, per backend; probes carry no key, so without one only the ready flags (no detail text or
+        in-flight counts)."""
         report = service.readiness()
-        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+        status = 200 if report["ready"] else 503
+        if not keys.allows(_presented_key(request)):
+            flags = {name: {"ready": backend["ready"]} for name, backend in report["backends"].items()}
+            report = {"ready": report["ready"], "backends": flags}
+        return JSONResponse(report, status_code=status)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        keys.check(_presented_key(request))
+        return JSONResponse(app.openapi())
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
@@ -122,9 +134,7 @@ def create_app(
     async def messages(request: Request) -> Any:
         """Anthropic Messages API ingress: same routing, backends and telemetry, Anthropic wire format."""
         request.state.request_id = request_id_of(request)
-        # Anthropic SDKs send the key as x-api-key (1.x) or a bearer token (2.x); accept both.
-        api_key = request.headers.get("x-api-key")
-        keys.check(f"Bearer {api_key}" if api_key else request.headers.get("authorization"))
+        keys.check(_presented_key(request))
         body = await read_body(request, max_request_bytes)
         chat_request = to_chat_request(_json_object(body))
         stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
@@ -291,6 +301,12 @@ def _client_usage(stream: ChatStream) -> dict[str, Any]:
     if cost is not None:
         usage["cost_usd"] = round(cost, 9)
     return usage
+
+
+def _presented_key(request: Request) -> str | None:
+    """The Authorization value, or `x-api-key` as a bearer (Anthropic SDKs 1.x send that; 2.x a bearer token)."""
+    api_key = request.headers.get("x-api-key")
+    return f"Bearer {api_key}" if api_key else request.headers.get("authorization")
 
 
 def _id_header(request: Request) -> dict[str, str]:

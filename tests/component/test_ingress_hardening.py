@@ -138,3 +138,39 @@ async def test_a_valid_request_id_passes_through_serve(make_router, local):
         )
     assert response.status_code == 200
     assert response.headers["x-request-id"] == "req-42.a_b" == local.calls[0].request_id
+
+
+# ---- readable only with a key ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("api_key", [None, "sk-wrong"])
+async def test_readyz_without_a_valid_key_gives_status_only(router, local, api_key):
+    """Kubernetes probes carry no key: they get the status and ready flags, never backend text or load."""
+    local.inflight, local.detail = 3, "LLMServer RUNNING on 10.0.0.7"
+    response = await router.client(api_key=api_key).get("/readyz")
+    assert response.status_code == 200
+    assert response.json() == {"ready": True, "backends": {"local": {"ready": True}, "cloud": {"ready": True}}}
+    local.ready = False
+    router.cloud.ready = False
+    assert (await router.client(api_key=api_key).get("/readyz")).status_code == 503
+
+
+async def test_readyz_with_a_key_gives_the_detail(router, local):
+    local.inflight, local.detail = 3, "LLMServer RUNNING"
+    for headers in ({"Authorization": f"Bearer {API_KEY}"}, {"x-api-key": API_KEY}):
+        response = await router.client(api_key=None).get("/readyz", headers=headers)
+        assert response.json()["backends"]["local"] == {"ready": True, "inflight": 3, "detail": "LLMServer RUNNING"}
+
+
+@pytest.mark.parametrize("api_key", [None, "sk-wrong"])
+async def test_openapi_schema_needs_a_key(router, api_key):
+    response = await router.client(api_key=api_key).get("/openapi.json")
+    assert response.status_code == 401
+    assert response.json()["error"]["type"] == "authentication_error"
+    assert "paths" not in response.json()
+
+
+async def test_openapi_schema_with_a_key(router):
+    response = await router.client().get("/openapi.json")
+    assert response.status_code == 200
+    assert {"/v1/chat/completions", "/v1/messages", "/v1/models"} <= set(response.json()["paths"])
