@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import uuid
 from typing import Any
@@ -174,3 +175,26 @@ async def test_openapi_schema_with_a_key(router):
     response = await router.client().get("/openapi.json")
     assert response.status_code == 200
     assert {"/v1/chat/completions", "/v1/messages", "/v1/models"} <= set(response.json()["paths"])
+
+
+# ---- key rotation ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages", "/v1/models"])
+async def test_a_revoked_key_gets_401_on_the_next_request_without_a_restart(make_router, tmp_path, path):
+    keys_path = tmp_path / "api-keys"
+    keys_path.write_text("sk-old-key\n")
+    router = make_router(keys=ApiKeys.load(AuthArgs(api_keys_file=str(keys_path)), environ={}))
+    method = "GET" if path == "/v1/models" else "POST"
+    body = chat_body(max_tokens=16) if method == "POST" else None
+
+    async def status(key: str) -> int:
+        response = await router.client(api_key=key).request(method, path, json=body)
+        return response.status_code
+
+    assert await status("sk-old-key") == 200
+    staged = tmp_path / "api-keys.new"
+    staged.write_text("sk-new-key\n")
+    os.replace(staged, keys_path)  # how a rotated Secret's mount swaps its content
+    assert await status("sk-old-key") == 401
+    assert await status("sk-new-key") == 200
