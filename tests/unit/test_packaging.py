@@ -24,9 +24,7 @@ def test_editable_build_metadata_is_warning_free_with_an_spdx_license(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "serve_app", tmp_path / "serve_app", ignore=shutil.ignore_patterns("__pycache__"))
-    result = subprocess.run(
-        [sys.executable, "-c", _BUILD], cwd=tmp_path, capture_output=True, text=True, timeout=120
-    )
+    result = subprocess.run([sys.executable, "-c", _BUILD], cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "License-Expression: Apache-2.0" in result.stdout.splitlines()
     assert "Warning" not in result.stderr, result.stderr[-3000:]
