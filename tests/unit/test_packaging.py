@@ -1,4 +1,4 @@
-"""The package metadata builds without a single warning (setuptools turns deprecations into build failures later)."""
+"""`pip install -e .` builds without a single warning (setuptools turns its deprecations into failures later)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ warnings.simplefilter("error", SetuptoolsWarning)  # deprecations of the project
 out = tempfile.mkdtemp()
 name = build_meta.prepare_metadata_for_build_editable(out)
 sys.stdout.write(pathlib.Path(out, name, "METADATA").read_text())
+build_meta.build_editable(tempfile.mkdtemp())  # what `pip install -e .` runs; its strategy warns or not
 """
 
 
-def test_editable_build_metadata_is_warning_free_with_an_spdx_license(tmp_path):
+def test_editable_build_is_warning_free_with_an_spdx_license(tmp_path):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(REPO / name, tmp_path / name)
     shutil.copytree(REPO / "serve_app", tmp_path / "serve_app", ignore=shutil.ignore_patterns("__pycache__"))
