@@ -16,6 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
@@ -29,6 +30,7 @@ from serve_app.chat import ChatService, ChatStream
 from serve_app.config import RouterArgs
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, error_body, error_headers
 from serve_app.messages_api import (
+    MESSAGES_REQUEST_SCHEMA,
     error_event,
     events_from_chunk,
     finish_events,
@@ -109,7 +111,7 @@ def create_app(
         keys.check(request.headers.get("authorization"))
         return JSONResponse(service.models().model_dump())
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_json_body("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Any:
         request.state.request_id = request_id_of(request)
         keys.check(request.headers.get("authorization"))
@@ -130,7 +132,7 @@ def create_app(
             headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
         return JSONResponse(body, headers=headers)
 
-    @app.post(MESSAGES_PATH)
+    @app.post(MESSAGES_PATH, openapi_extra=_json_body("MessagesRequest"))
     async def messages(request: Request) -> Any:
         """Anthropic Messages API ingress: same routing, backends and telemetry, Anthropic wire format."""
         request.state.request_id = request_id_of(request)
@@ -149,7 +151,27 @@ def create_app(
         chunks = [chunk async for chunk in stream.chunks()]
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
+    app.openapi = lambda: _with_request_schemas(app)  # type: ignore[method-assign]
     return app
+
+
+def _json_body(schema_name: str) -> dict[str, Any]:
+    """The route's request body in the OpenAPI document (the handlers read raw bytes, so FastAPI cannot tell)."""
+    schema = {"$ref": f"#/components/schemas/{schema_name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+def _with_request_schemas(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document plus the request body schemas `_json_body` refers to (built once)."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        chat = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(chat.pop("$defs", {}))
+        schemas["ChatCompletionRequest"] = chat
+        schemas["MessagesRequest"] = dict(MESSAGES_REQUEST_SCHEMA)
+        app.openapi_schema = document
+    return app.openapi_schema
 
 
 class _ChatStreamResponse(StreamingResponse):
