@@ -22,7 +22,7 @@ export HYBRID_LLM_CACHE_DIR ?= $(CURDIR)/$(STATE)
 # actor (docs/benchmarks.md). Set to 0 to use the default proxy.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
-.PHONY: install system-deps serve stop status test lint test-fast bench rayservice check-rayservice deploy teardown verify clean
+.PHONY: install system-deps serve stop status test lint test-fast fuzz bench rayservice check-rayservice deploy teardown verify clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -78,6 +78,14 @@ test-fast: install
 # Everything CI runs: lint, then every test tier including real Ray Serve + vLLM on CPU.
 test: install system-deps lint
 	$(PY) -m pytest -q -ra --durations=15
+
+# Bad input at scale against the app in-process: 1,000 examples per strategy and route (>10,000 requests, a few
+# minutes); figures in .cache/fuzz-report.json (docs/hardening.md quotes them). `make test` runs a small subset.
+fuzz: install
+	@mkdir -p $(STATE)
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} FUZZ_REPORT=$(STATE)/fuzz-report.json \
+	  $(PY) -m pytest -q tests/component/test_fuzz_ingress.py
+	@cat $(STATE)/fuzz-report.json
 
 bench: install
 	$(PY) -m bench.run_all

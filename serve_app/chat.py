@@ -7,9 +7,8 @@ stream; the observation is finished by whoever ends the stream (see `ChatStream.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +37,15 @@ class ChatStream:
     observation: Observation
     first: dict[str, Any]
     rest: AsyncIterator[dict[str, Any]]
-    _started: bool = field(default=False, init=False)
+    _iterator: AsyncGenerator[dict[str, Any]] | None = field(default=None, init=False)
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
-        """All chunks; finishes the observation however the iteration ends (done, error, cancel)."""
-        self._started = True
+    def chunks(self) -> AsyncGenerator[dict[str, Any]]:
+        """All chunks, once; finishes the observation however the iteration ends (done, error, cancel)."""
+        if self._iterator is None:
+            self._iterator = self._chunks()
+        return self._iterator
+
+    async def _chunks(self) -> AsyncGenerator[dict[str, Any]]:
         outcome, error = "ok", None
         try:
             yield self.first
@@ -56,19 +59,14 @@ class ChatStream:
             await _close(self.rest)
             self.observation.finish(outcome=outcome, error=error)
 
-    def abandon(self) -> None:
-        """Ends a stream the client left before (or while) its body was sent: the observation is finished as
-        cancelled (a no-op once `chunks()` finished it) and, when `chunks()` never ran, the backend stream is
-        closed in the background. Synchronous, so it is safe in a `finally` of a cancelled task."""
-        if not self._started:
-            self._started = True
-            task = asyncio.get_running_loop().create_task(_close(self.rest))
-            _closing.add(task)
-            task.add_done_callback(_closing.discard)
+    async def aclose(self) -> None:
+        """Ends the stream however the response ended (idempotent): closes the upstream before the observation is
+        finished, as cancelled unless the chunks already ended, so what the upstream produced is counted."""
+        if self._iterator is None:
+            await _close(self.rest)
+        else:
+            await _close(self._iterator)
         self.observation.finish(outcome="cancelled")
-
-
-_closing: set[asyncio.Task[None]] = set()  # strong references until the background closes are done
 
 
 class ChatService:

@@ -10,15 +10,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 
 from serve_app.assemble import ChatAssembler, client_chunk, usage_chunk
 from serve_app.auth import ApiKeys
@@ -27,6 +30,7 @@ from serve_app.chat import ChatService, ChatStream
 from serve_app.config import RouterArgs
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, error_body, error_headers
 from serve_app.messages_api import (
+    MESSAGES_REQUEST_SCHEMA,
     error_event,
     events_from_chunk,
     finish_events,
@@ -34,7 +38,7 @@ from serve_app.messages_api import (
     new_event_state,
     to_chat_request,
 )
-from serve_app.protocol import ChatCompletionRequest
+from serve_app.protocol import ChatCompletionRequest, OpenAIBaseModel
 from serve_app.sse import DONE, encode_data, encode_event
 from serve_app.telemetry import Telemetry
 
@@ -56,7 +60,8 @@ def create_app(
 
     `echo_request_id=False` under Serve: its proxy already returns X-Request-Id (the same id).
     """
-    app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None)
+    # The schema is served below, behind a key: it maps the attack surface.
+    app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None, openapi_url=None)
     request_id_of = request_id_of or _header_request_id
 
     def _error_response(exc: RouterError, request: Request) -> JSONResponse:
@@ -86,16 +91,27 @@ def create_app(
         return {"status": "ok"}
 
     @app.get("/readyz")
-    async def readyz() -> JSONResponse:
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness, per backend; probes carry no key, so without one only the ready flags (no detail text or
+        in-flight counts)."""
         report = service.readiness()
-        return JSONResponse(report, status_code=200 if report["ready"] else 503)
+        status = 200 if report["ready"] else 503
+        if not keys.allows(_presented_key(request)):
+            flags = {name: {"ready": backend["ready"]} for name, backend in report["backends"].items()}
+            report = {"ready": report["ready"], "backends": flags}
+        return JSONResponse(report, status_code=status)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> JSONResponse:
+        keys.check(_presented_key(request))
+        return JSONResponse(app.openapi())
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:
         keys.check(request.headers.get("authorization"))
         return JSONResponse(service.models().model_dump())
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=_json_body("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Any:
         request.state.request_id = request_id_of(request)
         keys.check(request.headers.get("authorization"))
@@ -116,13 +132,11 @@ def create_app(
             headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
         return JSONResponse(body, headers=headers)
 
-    @app.post(MESSAGES_PATH)
+    @app.post(MESSAGES_PATH, openapi_extra=_json_body("MessagesRequest"))
     async def messages(request: Request) -> Any:
         """Anthropic Messages API ingress: same routing, backends and telemetry, Anthropic wire format."""
         request.state.request_id = request_id_of(request)
-        # Anthropic SDKs send the key as x-api-key (1.x) or a bearer token (2.x); accept both.
-        api_key = request.headers.get("x-api-key")
-        keys.check(f"Bearer {api_key}" if api_key else request.headers.get("authorization"))
+        keys.check(_presented_key(request))
         body = await read_body(request, max_request_bytes)
         chat_request = to_chat_request(_json_object(body))
         stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
@@ -137,22 +151,47 @@ def create_app(
         chunks = [chunk async for chunk in stream.chunks()]
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
+    app.openapi = lambda: _with_request_schemas(app)  # type: ignore[method-assign]
     return app
 
 
-class _ChatStreamResponse(StreamingResponse):
-    """A StreamingResponse that ends its ChatStream however the response ends, also when the client left before
-    the body iterator ever ran (then nothing else would finish the observation or close the backend stream)."""
+def _json_body(schema_name: str) -> dict[str, Any]:
+    """The route's request body in the OpenAPI document (the handlers read raw bytes, so FastAPI cannot tell)."""
+    schema = {"$ref": f"#/components/schemas/{schema_name}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
-    def __init__(self, stream: ChatStream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+
+def _with_request_schemas(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's OpenAPI document plus the request body schemas `_json_body` refers to (built once)."""
+    if app.openapi_schema is None:
+        document = get_openapi(title=app.title, version=app.version, routes=app.routes)
+        chat = ChatCompletionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        schemas.update(chat.pop("$defs", {}))
+        schemas["ChatCompletionRequest"] = chat
+        schemas["MessagesRequest"] = dict(MESSAGES_REQUEST_SCHEMA)
+        app.openapi_schema = document
+    return app.openapi_schema
+
+
+class _ChatStreamResponse(StreamingResponse):
+    """A StreamingResponse that ends its ChatStream however the response ends: done, the client gone before the
+    body ran, or gone while `send` blocked (Starlette leaves the body iterator suspended then, never closed)."""
+
+    def __init__(self, stream: ChatStream, content: AsyncGenerator[bytes], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._chat_stream = stream
+        self._content = content
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._chat_stream.abandon()
+            try:
+                await self._content.aclose()
+            except Exception:
+                logger.debug("closing the response body failed", exc_info=True)
+            await self._chat_stream.aclose()
 
 
 MESSAGES_PATH = "/v1/messages"
@@ -224,7 +263,11 @@ def _param_path(data: Any, loc: tuple[Any, ...]) -> str | None:
     return ".".join(parts) or None
 
 
-_TYPE_LABELS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-plain"})
+# pydantic labels union branches by type: builtin names and the model classes of the wire module.
+_TYPE_LABELS = frozenset(
+    {"str", "int", "float", "bool", "list", "dict", "none", "function-after", "function-plain"}
+    | {cls.__name__ for cls in OpenAIBaseModel.__subclasses__()}
+)
 
 
 async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> AsyncIterator[bytes]:
@@ -282,25 +325,64 @@ def _client_usage(stream: ChatStream) -> dict[str, Any]:
     return usage
 
 
+def _presented_key(request: Request) -> str | None:
+    """The Authorization value, or `x-api-key` as a bearer (Anthropic SDKs 1.x send that; 2.x a bearer token)."""
+    api_key = request.headers.get("x-api-key")
+    return f"Bearer {api_key}" if api_key else request.headers.get("authorization")
+
+
 def _id_header(request: Request) -> dict[str, str]:
     request_id = getattr(request.state, "request_id", None)
     return {"X-Request-Id": request_id} if request_id else {}
 
 
 def _header_request_id(request: Request) -> str:
-    supplied = request.headers.get("x-request-id", "")
-    if supplied and len(supplied) <= 128 and all(c.isalnum() or c in "-_." for c in supplied):
-        return supplied
-    return uuid.uuid4().hex
+    return valid_request_id(request.headers.get("x-request-id"))
 
 
 def _serve_request_id(request: Request) -> str:
-    """The id Serve's proxy gave this request (the client's X-Request-Id, or a new one)."""
+    """The id Serve gave this request: the client's X-Request-Id if it is a valid id, else a server-made one."""
     try:
         request_id = serve.context._get_serve_request_context().request_id
     except Exception:
         request_id = ""
-    return request_id or _header_request_id(request)
+    return valid_request_id(request_id) if request_id else _header_request_id(request)
+
+
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
+_REQUEST_ID_HEADER = b"x-request-id"
+
+
+def valid_request_id(supplied: str | None) -> str:
+    """`supplied` if it is a request id this server passes on (1-128 ASCII letters, digits, `-_.`), else a new one:
+    it ends up in response ids, headers, span attributes and Langfuse metadata."""
+    if supplied and _REQUEST_ID.fullmatch(supplied):
+        return supplied
+    return uuid.uuid4().hex
+
+
+class RequestIdGuard:
+    """ASGI middleware in front of the replica's own HTTP server (HAProxy sends requests straight to it): replaces
+    any X-Request-Id that is not a valid id with a server-made one before Serve reads it. Serve decodes that header
+    as UTF-8 before the app runs (one byte that is not becomes a plain-text 500) and echoes it in the response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket"):
+            headers = scope.get("headers") or []
+            supplied = [value for name, value in headers if name.lower() == _REQUEST_ID_HEADER]
+            if supplied and (len(supplied) > 1 or not _REQUEST_ID.fullmatch(supplied[0].decode("latin-1"))):
+                kept = [(name, value) for name, value in headers if name.lower() != _REQUEST_ID_HEADER]
+                scope = {**scope, "headers": [*kept, (_REQUEST_ID_HEADER, uuid.uuid4().hex.encode())]}
+        await self.app(scope, receive, send)
+
+
+def serve_http_middlewares() -> list[Middleware]:
+    """Ray Serve's HTTP proxy callback (`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, set in the router's
+    runtime_env): middlewares for the replica's HTTP server, outermost last, so this guard runs first."""
+    return [Middleware(RequestIdGuard)]
 
 
 @serve.deployment(name="Router")

@@ -29,6 +29,36 @@ _SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # earlier reason
 
 # ------------------------------------------------------------------------------------------------ request
 
+_TEXT_BLOCK = {"type": "object", "properties": {"type": {"const": "text"}, "text": {"type": "string"}}}
+_CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]}
+# The Messages request as this router reads it (JSON Schema, for the OpenAPI document): what `to_chat_request`
+# checks, not all of Anthropic's API; other fields are accepted and ignored.
+MESSAGES_REQUEST_SCHEMA: Mapping[str, Any] = {
+    "type": "object",
+    "required": ["model", "max_tokens", "messages"],
+    "properties": {
+        "model": {"type": "string", "minLength": 1},
+        "max_tokens": {"type": "integer", "minimum": 1},
+        "messages": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["role", "content"],
+                "properties": {"role": {"enum": ["user", "assistant"]}, "content": _CONTENT},
+            },
+        },
+        "system": {"anyOf": [{"type": "string"}, {"type": "array", "items": _TEXT_BLOCK}]},
+        "stop_sequences": {"type": "array", "items": {"type": "string"}},
+        "stream": {"type": "boolean"},
+        "temperature": {"type": "number", "minimum": 0, "maximum": 1},
+        "top_p": {"type": "number", "minimum": 0, "maximum": 1},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "tool_choice": {"type": "object"},
+        "metadata": {"type": "object", "properties": {"user_id": {"type": "string"}}},
+    },
+}
+
 
 def ignored_fields(body: Mapping[str, Any]) -> tuple[str, ...]:
     """Request fields the router accepts but does not honour (for span/log records)."""

@@ -7,7 +7,6 @@ re-encoded once); only requests are parsed into models, because that is where ba
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -16,21 +15,48 @@ logger = logging.getLogger(__name__)
 
 
 class OpenAIBaseModel(BaseModel):
-    """Accepts fields it does not know (clients send many) and logs them once per model class."""
+    """Accepts fields it does not know (clients send many); the request logs them, boundedly (`log_ignored_fields`)."""
 
     model_config = ConfigDict(extra="allow")
 
-    @model_validator(mode="after")
-    def _log_extra_fields(self) -> OpenAIBaseModel:
-        for name in self.__pydantic_extra__ or {}:
-            _log_ignored_field(f"{type(self).__name__}.{name}")
-        return self
+
+def ignored_fields(model: BaseModel) -> set[str]:
+    """`Model.field` for every field of `model` and the models inside it that no model declares."""
+    names: set[str] = set()
+    stack: list[Any] = [model]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, BaseModel):
+            names.update(f"{type(node).__name__}.{name}" for name in node.__pydantic_extra__ or ())
+            stack.extend(getattr(node, name) for name in type(node).model_fields)
+        elif isinstance(node, list):
+            stack.extend(node)
+    return names
 
 
-@lru_cache(maxsize=512)
-def _log_ignored_field(key: str) -> None:
-    """Logs each ignored field once per process (the cache is the 'once')."""
-    logger.info("ignoring unsupported request field %s", key)
+class _IgnoredFieldLog:
+    """At most one log line per request, naming only fields not named before, and at most `capacity` names per
+    process: a client choosing field names must not choose how much this process writes."""
+
+    def __init__(self, *, capacity: int = 512, per_line: int = 5, name_chars: int = 64) -> None:
+        self._seen: set[str] = set()
+        self._capacity, self._per_line, self._name_chars = capacity, per_line, name_chars
+
+    def __call__(self, names: set[str]) -> None:
+        new = sorted(names - self._seen)
+        if not new:
+            return
+        room = self._capacity - len(self._seen)
+        if room <= 0:
+            logger.debug("ignoring %d unsupported request field(s)", len(names))
+            return
+        shown = [name[: self._name_chars] for name in new[: min(self._per_line, room)]]
+        self._seen.update(new[: min(self._per_line, room)])
+        more = f" and {len(new) - len(shown)} more" if len(new) > len(shown) else ""
+        logger.info("ignoring unsupported request field(s) %s%s", ", ".join(shown), more)
+
+
+log_ignored_fields = _IgnoredFieldLog()
 
 
 class ImageURL(OpenAIBaseModel):
@@ -136,6 +162,11 @@ class ChatCompletionRequest(OpenAIBaseModel):
             if any(not s for s in value):
                 raise ValueError("stop sequences must not be empty")
         return value
+
+    @model_validator(mode="after")
+    def _log_ignored_fields(self) -> ChatCompletionRequest:
+        log_ignored_fields(ignored_fields(self))  # after the nested models: one line for the whole request
+        return self
 
     @model_validator(mode="after")
     def _check_stream_options(self) -> ChatCompletionRequest:

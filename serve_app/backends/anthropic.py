@@ -153,6 +153,12 @@ def _decode(data: str) -> dict[str, Any]:
     return event
 
 
+async def _aclose(iterator: AsyncIterator[Any]) -> None:
+    aclose = getattr(iterator, "aclose", None)
+    if aclose is not None:
+        await aclose()
+
+
 def _request_id(request_id: str | None) -> str:
     return f" (request-id {request_id})" if request_id else ""
 
@@ -205,23 +211,29 @@ class AnthropicBackend:
         client = self._no_retry_client if fail_fast and self._no_retry_client is not None else self._client
         create = client.messages.with_streaming_response.create
         idle_s = self._args.timeout_s
-        loop = asyncio.get_running_loop()
         try:
             with map_anthropic_errors(backend=BACKEND, secret=self._key):
                 # `async with` closes the upstream response however this generator ends (aclose, cancel, error)
                 async with create(**call.params, stream=True) as response:
                     logger.debug("anthropic stream %s started, request-id %s", request_id, response.request_id)
-                    # The router's own deadline between events, beside the transport's read timeout: a transport
-                    # can wait past its own (aiohttp does on a malformed chunked body). Armed only while waiting
-                    # for the upstream, never across a yield (the consumer's pace is not the upstream's).
-                    async with asyncio.timeout_at(loop.time() + idle_s) as idle:
-                        async for sse in anthropic.AsyncStream.raw_events(response.http_response):
-                            idle.reschedule(None)
+                    events = anthropic.AsyncStream.raw_events(response.http_response)
+                    try:
+                        while True:
+                            # The router's own deadline between events, beside the transport's read timeout: a
+                            # transport can wait past its own (aiohttp does on a malformed chunked body). Entered
+                            # and left inside each wait, so it cancels the task that waits (the body may be
+                            # iterated by another task than the one that took the first event) and never runs
+                            # across a yield (the consumer's pace is not the upstream's).
+                            async with asyncio.timeout(idle_s):
+                                sse = await anext(events, None)
+                            if sse is None:
+                                break
                             if sse.data:
                                 state, chunks = translate_event(state, _decode(sse.data), backend=BACKEND)
                                 for chunk in chunks:
                                     yield chunk
-                            idle.reschedule(loop.time() + idle_s)
+                    finally:
+                        await _aclose(events)
         except TimeoutError:
             raise UpstreamTimeout(f"no data from the Anthropic stream for {idle_s:g}s", backend=BACKEND) from None
         if not state.finished:

@@ -33,6 +33,7 @@ from serve_app.telemetry.tracing import (
     build_tracer_provider,
     otlp_configured,
     service_version,
+    span_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -71,6 +72,7 @@ class Telemetry:
         self._prices = dict(args.pricing.models) if args.pricing else {}
         self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
         self._local_rate = local_rate
+        self._span_models = frozenset({args.local.model_id, *args.cloud.model_ids, *_ALIASES})
         self._shutdown_timeout_s = shutdown_timeout_s
         self._shut = False
         atexit.register(self.shutdown)
@@ -149,12 +151,13 @@ class Telemetry:
         session_id: str | None = None,
         messages: list[dict] | None = None,
     ) -> Observation:
-        """Starts the request's CLIENT span `chat {requested_model}`, continuing the client's `traceparent`
-        (or Ray Serve's trace context when Serve tracing is on). Never raises."""
+        """Starts the request's CLIENT span (`chat {model}` for a model the router serves, else `chat`),
+        continuing the client's `traceparent` (or Ray Serve's trace context when Serve tracing is on). Never
+        raises."""
         started = self.clock()
         try:
             span = self._tracer.start_span(
-                f"chat {requested_model}",
+                span_name("chat", requested_model, known_models=self._span_models),
                 context=self._parent_context(headers),
                 kind=SpanKind.CLIENT,
                 attributes=self._begin_attributes(

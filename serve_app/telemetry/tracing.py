@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from importlib import metadata
 
 from opentelemetry.context import Context
@@ -25,6 +25,13 @@ logger = logging.getLogger(__name__)
 
 TRACER_NAME = "hybrid_llm.router"  # the instrumentation scope of router spans; Langfuse exports only these
 _DEFAULT_BATCH = 512
+
+
+def span_name(operation: str, model: str, *, known_models: Collection[str]) -> str:
+    """`{operation} {model}` for a model of the closed set the router serves (aliases and configured ids), else
+    `{operation}`: span names are a dimension of Tempo's span metrics, so a client's model string must not be one.
+    The requested string itself stays on the span as `gen_ai.request.model`."""
+    return f"{operation} {model}" if model in known_models else operation
 
 
 def service_version() -> str:

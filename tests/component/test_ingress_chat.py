@@ -211,7 +211,7 @@ async def test_ingress_healthz_needs_no_key(router):
 
 async def test_ingress_readyz_reports_each_backend(router, local):
     local.inflight, local.detail = 3, "LLMServer RUNNING"
-    response = await router.client(api_key=None).get("/readyz")
+    response = await router.client().get("/readyz")
     assert response.status_code == 200
     assert response.json() == {
         "ready": True,

@@ -13,6 +13,8 @@ tokens and reply words as output tokens. Markers in the last user message text p
     #scenario=cut              stream stops mid-way: the connection is dropped (incomplete chunked body)
     #scenario=truncate         stream ends cleanly at the HTTP level but without message_stop
     #scenario=bad_chunk        stream sends a malformed chunk-size line mid-way, then holds the connection open
+    #scenario=stall            stream stops mid-way and sends only SSE comments (keep-alives, no event) every
+                               `token_delay_s` for `hang_s`: the connection stays busy, no event arrives
     #scenario=error_after_200  `event: error` (overloaded_error) after some deltas
     #scenario=tool_use         a text block, then a tool_use block streamed as input_json_delta pieces
     #scenario=cache            usage with cache_read_input_tokens and cache_creation_input_tokens
@@ -242,7 +244,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         delay = self.standin.token_delay_s if "slow" in scenarios else 0.0
         events = list(reply.events(body["model"], f"msg_{self.request_id}"))
-        cut_at = 5 if {"cut", "truncate", "error_after_200", "bad_chunk"} & set(scenarios) else None
+        cut_at = 5 if {"cut", "truncate", "error_after_200", "bad_chunk", "stall"} & set(scenarios) else None
         for n, (name, payload) in enumerate(events):
             if cut_at is not None and n == cut_at:
                 break
@@ -257,6 +259,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._write(b"zz\r\nnot a chunk\r\n")  # not hex: a broken HTTP/1.1 body, then silence
             self.standin.sleep(self.standin.hang_s)
             self.close_connection = True
+            return "cut"
+        if "stall" in scenarios:
+            deadline = time.monotonic() + self.standin.hang_s
+            while time.monotonic() < deadline and self.standin.sleep(self.standin.token_delay_s):
+                self._chunk(b": keep-alive\n\n")  # resets any read timeout, yields no event
+            self._write(b"0\r\n\r\n")
             return "cut"
         if "error_after_200" in scenarios:
             error = {"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}}

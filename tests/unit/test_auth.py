@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -117,3 +118,56 @@ def test_api_keys_compare_every_key_in_constant_time(monkeypatch):
     keys = load({KEYS_ENV: "k1,k2,k3"})
     keys.check("Bearer k1")  # matches the first key, yet all three are compared
     assert compared == [(b"k1", b"k1"), (b"k1", b"k2"), (b"k1", b"k3")]
+
+
+def _rotate(path: Path, text: str) -> None:
+    """As a Kubernetes Secret mount rotates: the new content under a new inode, swapped in atomically."""
+    staged = path.with_name(path.name + ".new")
+    staged.write_text(text)
+    os.replace(staged, path)
+
+
+def test_api_keys_file_rotation_takes_effect_without_a_restart(tmp_path):
+    path = Path(keys_file(tmp_path, "old-key\nkept-key\n"))
+    keys = load({KEYS_ENV: "env-key"}, api_keys_file=str(path))
+    keys.check("Bearer old-key")
+    _rotate(path, "kept-key\nnew-key\n")
+    with pytest.raises(Unauthenticated, match="invalid API key"):
+        keys.check("Bearer old-key")  # revoked: refused on the very next request
+    keys.check("Bearer new-key")
+    keys.check("Bearer kept-key")
+    keys.check("Bearer env-key")
+
+
+def test_api_keys_file_rewritten_in_place_takes_effect(tmp_path):
+    path = Path(keys_file(tmp_path, "key-aaaa\n"))
+    keys = load({}, api_keys_file=str(path))
+    keys.check("Bearer key-aaaa")
+    before = path.stat().st_mtime_ns
+    path.write_text("key-bbbb\n")  # same size, same inode
+    os.utime(path, ns=(before + 1_000_000, before + 1_000_000))  # a coarse clock may not have ticked
+    with pytest.raises(Unauthenticated):
+        keys.check("Bearer key-aaaa")
+    keys.check("Bearer key-bbbb")
+
+
+def test_api_keys_file_removed_revokes_its_keys_and_keeps_env_keys(tmp_path, caplog):
+    path = Path(keys_file(tmp_path, "file-key\n"))
+    keys = load({KEYS_ENV: "env-key"}, api_keys_file=str(path))
+    path.unlink()
+    with caplog.at_level(logging.WARNING, logger="serve_app.auth"), pytest.raises(Unauthenticated):
+        keys.check("Bearer file-key")
+    keys.check("Bearer env-key")
+    assert "does not exist" in caplog.text
+    path.write_text("file-key\n")
+    keys.check("Bearer file-key")
+
+
+def test_api_keys_unchanged_file_is_not_read_again(tmp_path, monkeypatch):
+    keys = load({}, api_keys_file=keys_file(tmp_path, "k1\n"))
+    reads: list[Path] = []
+    real = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: reads.append(self) or real(self, *a, **k))
+    for _ in range(100):
+        keys.check("Bearer k1")
+    assert reads == []
