@@ -254,3 +254,32 @@ async def test_model_replica_without_its_own_exporter_passes_the_routers_context
     untraced = _replica(ModelTracing(provider=None, engine_traced=False, model="local-model"), engine_calls)
     [item async for item in untraced.chat_json({**body, LOCAL_TRACE_KEY: {"traceparent": traceparent}})]
     assert engine_calls == [None]
+
+
+def test_model_replica_exports_its_spans_over_otlp_as_its_own_service() -> None:
+    with OtlpHttpReceiver() as tempo:
+        tracing = ModelTracing.from_environ(
+            {"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url}, engine_traced=True, model="local-model", on_drop=print
+        )
+        spans = tracing.begin({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+        spans.end()
+        tracing.shutdown()
+        by_name = {s.name: s for s in tempo.spans}
+    assert set(by_name) == {"model chat", "engine generate"}
+    assert {s.resource["service.name"] for s in by_name.values()} == {"hybrid-llm-model"}
+    assert by_name["model chat"].trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert by_name["model chat"].parent_span_id == "00f067aa0ba902b7"
+    # without an endpoint there is nothing to export to, and no provider is built
+    assert ModelTracing.from_environ({}, engine_traced=False, model="m", on_drop=print)._provider is None
+
+
+def test_backends_get_the_routers_provider_only_when_its_spans_leave_the_process() -> None:
+    args = router_args()
+    quiet = Telemetry.from_args(args, meter=InMemoryMetricsSink(), langfuse=False, environ={})
+    assert quiet.client_tracer_provider is None
+    with OtlpHttpReceiver() as tempo:
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url}
+        exporting = Telemetry.from_args(args, meter=InMemoryMetricsSink(), langfuse=False, environ=env)
+        assert exporting.client_tracer_provider is exporting.provider
+        exporting.shutdown()
+    quiet.shutdown()
