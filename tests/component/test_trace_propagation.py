@@ -283,3 +283,15 @@ def test_backends_get_the_routers_provider_only_when_its_spans_leave_the_process
         assert exporting.client_tracer_provider is exporting.provider
         exporting.shutdown()
     quiet.shutdown()
+
+
+def test_a_sampled_out_request_leaves_no_spans_in_the_model_replica_and_tells_vllm_so() -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = ModelTracing(provider=provider, engine_traced=True, model="local-model")
+    spans = tracing.begin({"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"})
+    spans.end()
+    assert exporter.get_finished_spans() == ()
+    _, trace_id, _, flags = spans.engine_headers["traceparent"].split("-")
+    assert trace_id == "4bf92f3577b34da6a3ce929d0e0e4736" and int(flags, 16) & 1 == 0  # vLLM follows: not sampled
