@@ -3,6 +3,7 @@
 The router must never import vLLM (ray.serve.llm needs it at import time), so it cannot build vLLM's
 request class. This subclass takes the OpenAI request as a plain dict, builds the request inside the
 model replica, and yields flat SSE strings. Only the model replica and `build_llm_app` import this module.
+Each request continues the router's trace here (`replica_tracing`) and hands vLLM the context to continue.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 from collections.abc import AsyncGenerator
 from contextlib import nullcontext
 from typing import Any
 
+from ray.llm._internal.serve.core.protocol import RawRequestInfo  # how LLMServer takes headers (Ray 2.60 pin)
 from ray.serve.llm import LLMConfig
 from ray.serve.llm.deployment import LLMServer
 from ray.serve.llm.openai_api_models import ChatCompletionRequest, ErrorResponse
 
+from serve_app.protocol import LOCAL_TRACE_KEY
 from serve_app.telemetry.gpu import GpuLedger, LoadingSpend, tokens_in_last_usage, trailer_event
 from serve_app.telemetry.metrics import RayMetricsSink, RouterMetrics
+from serve_app.telemetry.replica_tracing import ModelTracing, engine_tracing
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,17 @@ class RouterLLMServer(LLMServer):
     async def __init__(self, llm_config: LLMConfig, **kwargs: Any) -> None:
         metrics = RouterMetrics(RayMetricsSink(), models=())
         self._ledger = GpuLedger.from_experimental(dict(llm_config.experimental_configs or {}), metrics)
+        # vLLM exports its request spans where the router's go (before the engine starts: it reads both then)
+        engine_kwargs, engine_env = engine_tracing(llm_config.engine_kwargs or {}, os.environ)
+        os.environ.update(engine_env)
+        if engine_env:  # this replica's copy of the config (also any engine config already derived from it)
+            llm_config.update_engine_kwargs(**engine_kwargs)
+        self._tracing = ModelTracing.from_environ(
+            os.environ,
+            engine_traced=bool(engine_kwargs.get("otlp_traces_endpoint")),
+            model=llm_config.model_id,
+            on_drop=lambda n: metrics.dropped_items("otlp", n),
+        )
         # The GPU is paid while the model loads too (all of it idle): its gauges are published from the start.
         with LoadingSpend(self._ledger, period_s=_SPEND_PERIOD_S) if self._ledger is not None else nullcontext():
             await super().__init__(llm_config, **kwargs)
@@ -53,17 +69,21 @@ class RouterLLMServer(LLMServer):
         Engine-side rejections (prompt longer than the context window, bad parameters) come back as one
         `data: {"error": ...}` string so the router can answer with their status instead of a 500.
         """
+        spans = self._tracing.begin(body.pop(LOCAL_TRACE_KEY, None))
         try:
             request = ChatCompletionRequest.model_validate(body)
         except ValueError as exc:
+            spans.end(exc)
             yield _error_event(str(exc), "invalid_request_error", 400)
             return
         ledger = self._ledger
         started = ledger.begin() if ledger is not None else 0.0
         usage_text, done = "", ""
         completed = False
+        error: BaseException | None = None
         try:
-            results = await self.chat(request)
+            raw = RawRequestInfo(headers=spans.engine_headers) if spans.engine_headers else None
+            results = await self.chat(request, raw)
             async for item in results:
                 # One handle item per LLMServer batch (stream_batching_interval_ms), not one per token: each
                 # streamed item costs a Ray round of its own, and the router parses several events per string.
@@ -75,7 +95,11 @@ class RouterLLMServer(LLMServer):
                     continue
                 yield text
             completed = True
+        except BaseException as exc:  # a cancellation too: it ends the spans as cancelled, then goes on
+            error = exc
+            raise
         finally:
+            spans.end(error)
             rate = self._settle(started, usage_text)
         if completed and ledger is not None:
             yield trailer_event(rate) + done

@@ -398,7 +398,7 @@ class RouterDeployment:
         if args.cloud.enabled:
             from serve_app.backends.anthropic import AnthropicBackend
 
-            backends["cloud"] = AnthropicBackend(args.cloud)
+            backends["cloud"] = AnthropicBackend(args.cloud, tracer_provider=telemetry.client_tracer_provider)
         self._service = ChatService(args, backends=backends, telemetry=telemetry)
         self._keys = ApiKeys.load(args.auth)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())

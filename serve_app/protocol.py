@@ -217,3 +217,6 @@ class ModelList(BaseModel):
 # The model replica appends one event with this key to every finished stream: its GPU's amortised USD per
 # token (serve_app.telemetry.gpu). The router reads it and never forwards it to a client.
 LOCAL_COST_KEY = "hybrid_llm_gpu"
+# The router puts the request's W3C trace context (`traceparent`, `tracestate`) under this key of the body it sends
+# the model replica, which removes it before the engine sees the request (an older replica ignores it).
+LOCAL_TRACE_KEY = "hybrid_llm_trace"

@@ -2,6 +2,8 @@
 
 It owns the client (on aiohttp or httpx2), the upstream HTTP stream and the SDK and transport exceptions;
 translation lives in `anthropic_mapping` (pure). It never logs the API key and never lets it into an error message.
+Its HTTP client is instrumented on its own (never globally): each upstream call is a CLIENT span, child of the
+router span, on the router's TracerProvider, and sends `traceparent` upstream.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from anthropic.lib._extras._common import MissingDependencyError
 from anthropic.lib.credentials._workload import WorkloadIdentityError
 from anthropic.lib.foundry import MutuallyExclusiveAuthError
 from anthropic.lib.tools._toolsets._errors import ToolsetUsageError
+from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
+from opentelemetry.metrics import NoOpMeterProvider
+from opentelemetry.trace import Span, TracerProvider
 
 from serve_app.backends.anthropic_mapping import (
     new_stream_state,
@@ -48,6 +53,7 @@ from serve_app.protocol import ChatCompletionRequest
 logger = logging.getLogger(__name__)
 
 BACKEND: BackendName = "cloud"
+PEER_SERVICE = "anthropic"  # `peer.service` of the HTTP client span: Tempo's service graph names the edge by it
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -173,15 +179,21 @@ class AnthropicBackend:
     provider = "anthropic"
 
     def __init__(
-        self, args: CloudBackendArgs, *, api_key: str | None = None, client: anthropic.AsyncAnthropic | None = None
+        self,
+        args: CloudBackendArgs,
+        *,
+        api_key: str | None = None,
+        client: anthropic.AsyncAnthropic | None = None,
+        tracer_provider: TracerProvider | None = None,
     ) -> None:
+        """`tracer_provider`: the router's; with it every upstream HTTP call is a span of its own (see
+        `http_client`). A given `client` is used as it is."""
         self._args = args
         self.model_ids = args.model_ids
         self._key = api_key if api_key is not None else os.environ.get("ANTHROPIC_API_KEY") or None
         if client is None and self._key:
             client = anthropic.AsyncAnthropic(
-                # The aiohttp session inside opens lazily, on the event loop of the first request.
-                http_client=anthropic.DefaultAioHttpClient() if args.http_client == "aiohttp" else None,
+                http_client=http_client(args.http_client, tracer_provider),
                 api_key=self._key,  # explicit: the SDK then reads no credential files or other env
                 base_url=args.base_url,  # None: the SDK reads ANTHROPIC_BASE_URL
                 timeout=anthropic.Timeout(args.timeout_s, connect=args.connect_timeout_s),
@@ -244,3 +256,23 @@ class AnthropicBackend:
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
+
+
+def http_client(kind: str, tracer_provider: TracerProvider | None) -> Any:
+    """The SDK's own httpx2 client for `kind` (same defaults as it builds itself), instrumented when a provider is
+    given. Both kinds are httpx2 clients (aiohttp only as the transport), so one instrumentation covers both; it
+    wraps this client's transports only and leaves every other client of the process alone."""
+    # The aiohttp session inside opens lazily, on the event loop of the first request.
+    client = anthropic.DefaultAioHttpClient() if kind == "aiohttp" else anthropic.DefaultAsyncHttpxClient()
+    if tracer_provider is not None:
+        HTTPX2ClientInstrumentor.instrument_client(
+            client,
+            tracer_provider=tracer_provider,
+            meter_provider=NoOpMeterProvider(),  # the router's metrics are its own; no global meter is used
+            request_hook=_name_peer,
+        )
+    return client
+
+
+async def _name_peer(span: Span, _request: Any) -> None:
+    span.set_attribute("peer.service", PEER_SERVICE)

@@ -4,7 +4,8 @@ Readiness is read from the handle's own replica set (microseconds, no controller
 to zero within milliseconds of a replica dying and comes back the moment a new one is ready. Every call is
 bounded: the first chunk within `first_chunk_timeout_s`, each later one within `chunk_timeout_s`. The model
 replica ends each stream with its GPU's amortised USD per token (`LOCAL_COST_KEY`), kept here for pricing for
-at most `cost_rate_max_age_s`.
+at most `cost_rate_max_age_s`. The request's trace context (the router span, current while a step runs) travels
+in the body to the model replica, which continues the trace there and into vLLM.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from ray import serve
 from ray.exceptions import RayError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, RayServeException
@@ -29,7 +31,7 @@ from serve_app.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from serve_app.protocol import LOCAL_COST_KEY, ChatCompletionRequest
+from serve_app.protocol import LOCAL_COST_KEY, LOCAL_TRACE_KEY, ChatCompletionRequest
 from serve_app.sse import iter_data
 
 logger = logging.getLogger(__name__)
@@ -139,6 +141,10 @@ class LocalBackend:
         # Usage on every chunk (cumulative): a cancelled stream still has exact counts.
         body["stream_options"] = {"include_usage": True, "continuous_usage_stats": True}
         body["max_tokens"] = request.output_budget or self._policy.default_local_output_tokens
+        trace_context: dict[str, str] = {}
+        _W3C.inject(trace_context)  # W3C trace context only: the router sends no baggage to the engine
+        if trace_context:
+            body[LOCAL_TRACE_KEY] = trace_context
         return body
 
     async def aclose(self) -> None:
@@ -157,6 +163,9 @@ _ENGINE_FIELDS = (set(ChatCompletionRequest.model_fields) - {"stream_options", "
     "min_p",
     "repetition_penalty",
 }
+
+
+_W3C = TraceContextTextMapPropagator()
 
 
 def _rate(report: object) -> float | None:

@@ -15,11 +15,13 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import Span, Status, StatusCode
 
 from serve_app.errors import RouterError
 from serve_app.telemetry.cost import RequestCost
+from serve_app.telemetry.tracing import backend_context
 from serve_app.usage import Usage, accumulate_openai_chunk
 
 if TYPE_CHECKING:
@@ -111,10 +113,20 @@ class Observation:
         """Yields every chunk of `chunks` untouched while accumulating usage, model, finish reasons and TTFT.
 
         Closing this iterator (or cancelling its task) closes `chunks` too. It never ends the observation:
-        the router calls `finish()` with the outcome it knows.
+        the router calls `finish()` with the outcome it knows. Each step of `chunks` runs with the request's
+        span as the current span, so the backend's calls (HTTP client spans, the trace context sent to the
+        model replica) join its trace; the context is restored before each chunk is handed on.
         """
+        scope = backend_context(self._span)
         try:
-            async for chunk in chunks:
+            while True:
+                token = otel_context.attach(scope)
+                try:
+                    chunk = await anext(chunks)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    otel_context.detach(token)
                 self._on_chunk(chunk)
                 yield chunk
         finally:

@@ -69,6 +69,9 @@ class Telemetry:
         self.langfuse_accounting = langfuse_accounting
         self._owns_provider = owns_provider
         self._tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
+        # For the backends' HTTP client instrumentation: their spans are children of the router span, exported
+        # with it; None when no span leaves the process (then there is nothing to be a child of).
+        self.client_tracer_provider: TracerProvider | None = provider if tracing_active else None
         self._prices = dict(args.pricing.models) if args.pricing else {}
         self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
         self._local_rate = local_rate

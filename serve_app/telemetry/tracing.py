@@ -13,7 +13,9 @@ import threading
 from collections.abc import Callable, Collection, Mapping, Sequence
 from importlib import metadata
 
-from opentelemetry.context import Context
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.context import _SUPPRESS_HTTP_INSTRUMENTATION_KEY, Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, Span, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
@@ -78,29 +80,38 @@ def otlp_configured(environ: Mapping[str, str]) -> bool:
     return bool(environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
 
 
-def build_otlp_exporter(args: TelemetryArgs, environ: Mapping[str, str]) -> SpanExporter:
-    """The OTLP exporter `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` names (default http/protobuf, as the spec says).
+def otlp_traces_target(environ: Mapping[str, str]) -> tuple[str | None, str]:
+    """(endpoint, protocol) of the traces exporter `OTEL_EXPORTER_OTLP_(TRACES_)*` name, by the library's rules.
 
-    Endpoints follow the library's rules, read from `environ`: the traces endpoint is used verbatim; for HTTP
-    the generic one is a base URL with `/v1/traces` appended. Headers, TLS and compression variables are left
-    to the exporter.
+    The protocol defaults to http/protobuf, as the spec says. The traces endpoint is used verbatim; for HTTP the
+    generic one is a base URL with `/v1/traces` appended, for gRPC it is used as it is. None: the exporter's own
+    default endpoint.
     """
     protocol = (
         (environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or environ.get("OTEL_EXPORTER_OTLP_PROTOCOL") or "")
         .strip()
         .lower()
     ) or "http/protobuf"
+    if protocol not in ("grpc", "http/protobuf"):
+        logger.warning("OTLP protocol %r is not supported here; using http/protobuf", protocol)
+        protocol = "http/protobuf"
     traces = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
     generic = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
     if protocol == "grpc":
+        return traces or generic, protocol
+    return traces or (f"{generic.removesuffix('/')}/v1/traces" if generic else None), protocol
+
+
+def build_otlp_exporter(args: TelemetryArgs, environ: Mapping[str, str]) -> SpanExporter:
+    """The OTLP exporter for `otlp_traces_target(environ)`. Headers, TLS and compression variables are left to
+    the exporter."""
+    endpoint, protocol = otlp_traces_target(environ)
+    if protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcExporter
 
-        return GrpcExporter(endpoint=traces or generic, timeout=args.export_timeout_s)
-    if protocol != "http/protobuf":
-        logger.warning("OTLP protocol %r is not supported here; using http/protobuf", protocol)
+        return GrpcExporter(endpoint=endpoint, timeout=args.export_timeout_s)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter as HttpExporter
 
-    endpoint = traces or (f"{generic.removesuffix('/')}/v1/traces" if generic else None)
     return HttpExporter(endpoint=endpoint, timeout=args.export_timeout_s)
 
 
@@ -245,6 +256,19 @@ def bounded_call(fn: Callable[[], object], *, timeout_s: float, name: str) -> bo
 
     threading.Thread(target=run, name=f"telemetry-{name}", daemon=True).start()
     return done.wait(timeout_s)
+
+
+def backend_context(span: trace.Span) -> Context:
+    """The context a backend call runs in: `span` (the router's) as the parent of its client spans.
+
+    When the router span is not recorded (sampled out), HTTP client instrumentation is suppressed too: its
+    spans would otherwise start under the unsampled parent (the sampler keeps those, see `build_sampler`) and
+    reach Tempo as fragments of a trace whose root was dropped. The trace context still travels, unsampled.
+    """
+    context = trace.set_span_in_context(span)
+    if not span.is_recording():
+        context = otel_context.set_value(_SUPPRESS_HTTP_INSTRUMENTATION_KEY, True, context)
+    return context
 
 
 def default_environ() -> Mapping[str, str]:

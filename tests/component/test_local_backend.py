@@ -22,6 +22,7 @@ from serve_app.engine import RouterLLMServer
 from serve_app.errors import UpstreamTimeout, UpstreamUnavailable, error_headers
 from serve_app.protocol import LOCAL_COST_KEY, ChatCompletionRequest
 from serve_app.telemetry.gpu import GpuLedger, trailer_event
+from serve_app.telemetry.replica_tracing import ModelTracing
 
 EPS = 1e-12
 BODY = {"model": "local-model", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -54,8 +55,9 @@ def server(clock: Clock, *, price: float | None = 3.6) -> RouterLLMServer:
     """A RouterLLMServer without an engine: `chat` yields scripted items, advancing the clock 1 s per item."""
     instance = _Server.__new__(_Server)
     instance._ledger = None if price is None else GpuLedger(usd_per_hour=price, window_s=300, metrics=None, clock=clock)
+    instance._tracing = ModelTracing(provider=None, engine_traced=False, model="local-model")
 
-    async def chat(request: Any) -> AsyncIterator[str]:
+    async def chat(request: Any, raw_request_info: Any = None) -> AsyncIterator[str]:
         async def items() -> AsyncIterator[str]:
             for item in (CHUNK, USAGE, DONE):
                 clock.t += 1.0
