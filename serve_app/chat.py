@@ -19,6 +19,7 @@ from serve_app.errors import UpstreamError, UpstreamUnavailable
 from serve_app.protocol import ChatCompletionRequest, ModelCard, ModelList
 from serve_app.routing import (
     ALIASES,
+    CLOUD_ALIASES,
     RouteDecision,
     RouteInput,
     decide,
@@ -84,7 +85,9 @@ class ChatService:
         return self._telemetry
 
     def models(self) -> ModelList:
-        cards = [ModelCard(id=alias, owned_by="hybrid-llm") for alias in ALIASES if alias != "cloud" or self._cloud]
+        cards = [
+            ModelCard(id=alias, owned_by="hybrid-llm") for alias in ALIASES if alias not in CLOUD_ALIASES or self._cloud
+        ]
         cards.append(ModelCard(id=self._args.local.model_id, owned_by="local"))
         if self._cloud is not None:
             cards += [ModelCard(id=m, owned_by="anthropic") for m in self._cloud.model_ids]
@@ -146,7 +149,7 @@ class ChatService:
                     provider=backend.provider,
                     model=decision.model,
                     reason=decision.reason,
-                    fallback=decision.reason.startswith("fallback_"),
+                    fallback=decision.is_retry,
                 )
                 fail_fast = decision.fallback_backend is not None  # set only when that backend was ready
                 chunks = observation.observe(

@@ -206,6 +206,7 @@ class Observation:
             model=self._model if self._backend else self._requested_model,
             route_reason=self._reason,
             outcome=outcome,
+            requested=self._requested_model,
             stream=self._stream,
             duration_s=now - self._started,
             ttft_s=ttft if self._stream else None,
