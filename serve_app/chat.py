@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.backends.anthropic_params import dropped_params, translated_params
 from serve_app.backends.base import Backend
 from serve_app.config import RouterArgs
 from serve_app.errors import UpstreamError, UpstreamUnavailable
@@ -39,6 +40,7 @@ class ChatStream:
     observation: Observation
     first: dict[str, Any]
     rest: AsyncIterator[dict[str, Any]]
+    dropped_params: tuple[str, ...] = ()  # request fields the answering backend did not get (X-Router-Dropped-Params)
     _started: bool = field(default=False, init=False)
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
@@ -151,6 +153,7 @@ class ChatService:
                     reason=decision.reason,
                     fallback=decision.is_retry,
                 )
+                dropped = self._report_params(request, decision, observation)
                 fail_fast = decision.fallback_backend is not None  # set only when that backend was ready
                 chunks = observation.observe(
                     backend.stream(request, model=decision.model, request_id=request_id, fail_fast=fail_fast)
@@ -169,11 +172,25 @@ class ChatService:
                     logger.info("falling back from %s: %s", decision.backend, exc.kind)
                     decision = decision.after_failure()
                     continue
-                return ChatStream(decision=decision, observation=observation, first=first, rest=chunks)
+                return ChatStream(
+                    decision=decision, observation=observation, first=first, rest=chunks, dropped_params=dropped
+                )
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
             observation.finish(outcome=outcome, error=exc)
             raise
+
+    @staticmethod
+    def _report_params(
+        request: ChatCompletionRequest, decision: RouteDecision, observation: Observation
+    ) -> tuple[str, ...]:
+        """The request fields the cloud path drops or translates, on the span and generation; what it drops."""
+        if decision.backend != "cloud":
+            observation.request_params(dropped=(), translated=())
+            return ()
+        dropped = dropped_params(request)
+        observation.request_params(dropped=dropped, translated=translated_params(request))
+        return dropped
 
 
 def _messages_for_telemetry(request: ChatCompletionRequest) -> list[dict[str, Any]]:

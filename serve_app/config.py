@@ -54,6 +54,13 @@ class CloudBackendArgs(_Args):
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout.")
     max_retries: int = Field(default=2, ge=0, le=10, description="SDK retries (honouring retry-after).")
     base_url: str | None = Field(default=None, description="Overrides ANTHROPIC_BASE_URL when set.")
+    cache_system_prompt_min_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="On the OpenAI route, a system prompt at least this long (estimated tokens) gets a prompt-cache "
+        "breakpoint (`cache_control: ephemeral`), so repeats read it at the cache price. None: only the client's "
+        "own `cache_control` breakpoints. Anthropic caches nothing below the model's minimum (1024-4096 tokens).",
+    )
     http_client: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description="HTTP transport under the Anthropic SDK: `aiohttp` (the SDK's DefaultAioHttpClient; 23-31% less "

@@ -101,7 +101,7 @@ def create_app(
         keys.check(request.headers.get("authorization"))
         chat_request = parse_chat_request(await read_body(request, max_request_bytes))
         stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
-        headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+        headers = _route_headers(stream)
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id
         if chat_request.stream:
@@ -126,7 +126,7 @@ def create_app(
         body = await read_body(request, max_request_bytes)
         chat_request = to_chat_request(_json_object(body))
         stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
-        headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+        headers = _route_headers(stream)
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id
         message_id = f"msg_{request.state.request_id.replace('-', '')}"
@@ -280,6 +280,13 @@ def _client_usage(stream: ChatStream) -> dict[str, Any]:
     if cost is not None:
         usage["cost_usd"] = round(cost, 9)
     return usage
+
+
+def _route_headers(stream: ChatStream) -> dict[str, str]:
+    headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+    if stream.dropped_params:
+        headers["X-Router-Dropped-Params"] = ",".join(stream.dropped_params)
+    return headers
 
 
 def _id_header(request: Request) -> dict[str, str]:

@@ -17,10 +17,9 @@ from serve_app.errors import InvalidRequest, RouterError
 from serve_app.protocol import ChatCompletionRequest
 from serve_app.usage import Usage, accumulate_openai_chunk
 
-# Anthropic fields with no equivalent in the chat request; accepted and ignored (listed by `ignored_fields`).
-_IGNORED = frozenset(
-    {"top_k", "thinking", "service_tier", "cache_control", "container", "output_config", "speed", "inference_geo"}
-)
+# Request fields with no equivalent in the chat request (`thinking`, `cache_control`, `top_k`, `output_config`, ...,
+# listed by `ignored_fields`) ride on it as extra fields: the cloud path sends Anthropic's own as they are and
+# reports the others as dropped (serve_app.backends.anthropic_params); the local engine gets `top_k`.
 _KNOWN = frozenset(
     {"model", "max_tokens", "messages", "system", "stop_sequences", "stream", "tools", "tool_choice", "metadata"}
     | {"temperature", "top_p"}
@@ -31,8 +30,18 @@ _SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # earlier reason
 
 
 def ignored_fields(body: Mapping[str, Any]) -> tuple[str, ...]:
-    """Request fields the router accepts but does not honour (for span/log records)."""
+    """Request fields with no place in the chat request; they are carried on it as extra fields."""
     return tuple(sorted(name for name in body if name not in _KNOWN))
+
+
+def _carried(body: Mapping[str, Any]) -> dict[str, Any]:
+    # a chat request field of the same name (`n`, `seed`, ...) is not Anthropic's: never let it change the request
+    return {name: body[name] for name in ignored_fields(body) if name not in ChatCompletionRequest.model_fields}
+
+
+def _cache(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The block's prompt-cache breakpoint, to carry onto the chat request's part, message or tool."""
+    return {"cache_control": block["cache_control"]} if block.get("cache_control") is not None else {}
 
 
 def to_chat_request(body: Any) -> ChatCompletionRequest:
@@ -52,11 +61,12 @@ def to_chat_request(body: Any) -> ChatCompletionRequest:
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        messages.append({"role": "system", "content": _text_of(system, param="system")})
+        messages.append({"role": "system", "content": _system_content(system)})
     for i, message in enumerate(raw_messages):
         messages.extend(_chat_messages(message, param=f"messages.{i}"))
 
     chat: dict[str, Any] = {"model": model, "messages": messages, "max_completion_tokens": max_tokens}
+    chat.update(_carried(body))
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             chat[name] = body[name]
@@ -98,6 +108,13 @@ def _typed(body: Mapping[str, Any], name: str, kind: type) -> Any:
     raise InvalidRequest(f"{name}: {_TYPE_NAMES[kind]} is required", param=name)
 
 
+def _system_content(system: Any) -> str | list[dict[str, Any]]:
+    text = _text_of(system, param="system")
+    if isinstance(system, list) and any(_cache(block) for block in system):  # keep the blocks and breakpoints
+        return [{"type": "text", "text": str(block.get("text", "")), **_cache(block)} for block in system]
+    return text
+
+
 def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
     if not isinstance(message, Mapping) or message.get("role") not in ("user", "assistant"):
         raise InvalidRequest(f"{param}.role: must be 'user' or 'assistant'", param=f"{param}.role")
@@ -113,9 +130,10 @@ def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
         where = f"{param}.content.{j}"
         kind = block.get("type") if isinstance(block, Mapping) else None
         if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text", ""))})
+            parts.append({"type": "text", "text": str(block.get("text", "")), **_cache(block)})
         elif kind == "image" and role == "user":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source"), param=where)}})
+            url = _image_url(block.get("source"), param=where)
+            parts.append({"type": "image_url", "image_url": {"url": url}, **_cache(block)})
         elif kind == "tool_use" and role == "assistant":
             arguments = json.dumps(block.get("input") or {})
             calls.append(
@@ -123,13 +141,14 @@ def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
                     "id": block.get("id"),
                     "type": "function",
                     "function": {"name": block.get("name"), "arguments": arguments},
+                    **_cache(block),
                 }
             )
         elif kind == "tool_result" and role == "user":
             text = _text_of(block.get("content") or "", param=f"{where}.content")
             if block.get("is_error"):
                 text = f"[tool error] {text}"
-            results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
+            results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text, **_cache(block)})
         elif kind in _SKIPPED_BLOCKS:
             continue
         else:
@@ -137,7 +156,8 @@ def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = list(results)  # tool answers must directly follow the assistant's calls
     if role == "assistant" and (parts or calls):
         text = "".join(p["text"] for p in parts)
-        out.append({"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})})
+        content: Any = parts if any("cache_control" in p for p in parts) else text or None
+        out.append({"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})})
     elif parts:
         out.append({"role": role, "content": parts})
     return out
@@ -166,7 +186,7 @@ def _tool(tool: Any, *, param: str) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
     if tool.get("description"):
         function["description"] = tool["description"]
-    return {"type": "function", "function": function}
+    return {"type": "function", "function": function, **_cache(tool)}
 
 
 def _tool_choice(choice: Mapping[str, Any]) -> dict[str, Any]:

@@ -216,7 +216,7 @@ def test_to_anthropic_request_user_and_dropped_params():
     assert translated.params["metadata"] == {"user_id": "u-42"}
     for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty"):
         assert name not in translated.params
-    assert translated.dropped == ("temperature", "top_p", "seed", "presence_penalty")
+    assert translated.dropped == ("presence_penalty", "seed", "temperature", "top_p")
     assert dropped_params(_request()) == ()
 
 
