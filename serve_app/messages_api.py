@@ -24,7 +24,9 @@ _KNOWN = frozenset(
     {"model", "max_tokens", "messages", "system", "stop_sequences", "stream", "tools", "tool_choice", "metadata"}
     | {"temperature", "top_p"}
 )
-_SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # earlier reasoning: not input for another model
+# Earlier reasoning: not input for another model; a signed one (Claude's) rides along as the assistant message's
+# `thinking_blocks`, which the cloud path sends back first in that turn.
+_SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 # ------------------------------------------------------------------------------------------------ request
 
@@ -126,6 +128,7 @@ def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         where = f"{param}.content.{j}"
         kind = block.get("type") if isinstance(block, Mapping) else None
@@ -150,14 +153,16 @@ def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
                 text = f"[tool error] {text}"
             results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text, **_cache(block)})
         elif kind in _SKIPPED_BLOCKS:
-            continue
+            if role == "assistant" and (block.get("signature") or block.get("data")):
+                thinking.append(dict(block))
         else:
             raise InvalidRequest(f"{where}: block type {kind!r} is not supported in a {role} message", param=where)
     out: list[dict[str, Any]] = list(results)  # tool answers must directly follow the assistant's calls
     if role == "assistant" and (parts or calls):
         text = "".join(p["text"] for p in parts)
         content: Any = parts if any("cache_control" in p for p in parts) else text or None
-        out.append({"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {})})
+        signed = {"thinking_blocks": thinking} if thinking else {}
+        out.append({"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {}), **signed})
     elif parts:
         out.append({"role": role, "content": parts})
     return out
@@ -227,6 +232,7 @@ class EventState:
     started: bool = False
     open_index: int | None = None  # Anthropic index of the open content block
     open_tool: int | None = None  # OpenAI tool-call index of the open block, when it is a tool_use
+    open_thinking: bool = False  # the open block is a thinking block
     next_index: int = 0
     tool_index: tuple[tuple[int, int], ...] = ()  # (OpenAI tool-call index, Anthropic block index)
     usage: Usage = field(default_factory=Usage)
@@ -246,8 +252,10 @@ def events_from_chunk(state: EventState, chunk: Mapping[str, Any]) -> tuple[Even
         events.append(_message_start(state))
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
+        if delta.get("reasoning_content") or delta.get("reasoning_signature"):
+            state = _thinking_delta(state, events, delta)
         if delta.get("content"):
-            if state.open_index is None or state.open_tool is not None:
+            if state.open_index is None or state.open_tool is not None or state.open_thinking:
                 state = _open(state, events, {"type": "text", "text": ""}, tool=None)
             text_delta = {"type": "text_delta", "text": delta["content"]}
             events.append({"type": "content_block_delta", "index": state.open_index, "delta": text_delta})
@@ -324,14 +332,30 @@ def _anthropic_usage(usage: Usage) -> dict[str, int]:
 def _open(state: EventState, events: list[dict[str, Any]], block: dict[str, Any], *, tool: int | None) -> EventState:
     state = _close(state, events)
     events.append({"type": "content_block_start", "index": state.next_index, "content_block": block})
-    return replace(state, open_index=state.next_index, open_tool=tool, next_index=state.next_index + 1)
+    thinking = block["type"] == "thinking"
+    return replace(
+        state, open_index=state.next_index, open_tool=tool, open_thinking=thinking, next_index=state.next_index + 1
+    )
+
+
+def _thinking_delta(state: EventState, events: list[dict[str, Any]], delta: Mapping[str, Any]) -> EventState:
+    """`reasoning_content` (Claude's thinking, or a local reasoning parser's) as a thinking block."""
+    if state.open_index is None or not state.open_thinking:
+        state = _open(state, events, {"type": "thinking", "thinking": "", "signature": ""}, tool=None)
+    if delta.get("reasoning_content"):
+        thinking_delta = {"type": "thinking_delta", "thinking": delta["reasoning_content"]}
+        events.append({"type": "content_block_delta", "index": state.open_index, "delta": thinking_delta})
+    if delta.get("reasoning_signature"):
+        signature_delta = {"type": "signature_delta", "signature": delta["reasoning_signature"]}
+        events.append({"type": "content_block_delta", "index": state.open_index, "delta": signature_delta})
+    return state
 
 
 def _close(state: EventState, events: list[dict[str, Any]]) -> EventState:
     if state.open_index is None:
         return state
     events.append({"type": "content_block_stop", "index": state.open_index})
-    return replace(state, open_index=None, open_tool=None)
+    return replace(state, open_index=None, open_tool=None, open_thinking=False)
 
 
 def _tool_delta(state: EventState, events: list[dict[str, Any]], call: Mapping[str, Any]) -> EventState:
@@ -383,6 +407,10 @@ def message_from_events(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             block, delta = message["content"][event["index"]], event["delta"]
             if delta["type"] == "text_delta":
                 block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
             elif delta["type"] == "input_json_delta":
                 pieces.setdefault(event["index"], []).append(delta["partial_json"])
         elif kind == "message_delta":

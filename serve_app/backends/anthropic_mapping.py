@@ -15,6 +15,7 @@ from typing import Any
 
 from serve_app.backends.anthropic_params import (
     dropped_params,
+    extra,
     system_param,
     top_level_params,
     translated_params,
@@ -113,6 +114,10 @@ def _message_blocks(message: ChatMessage, *, param: str) -> tuple[str, list[dict
         return "user", [with_cache_control(result, message)]
     blocks = _content_blocks(message.content, param=param, allow_images=message.role == "user")
     if message.role == "assistant":
+        # signed thinking blocks of an earlier Claude answer go back first, as the API requires with tool use
+        thinking = extra(message, "thinking_blocks")
+        if isinstance(thinking, list):
+            blocks = [dict(block) for block in thinking if isinstance(block, dict)] + blocks
         for j, call in enumerate(message.tool_calls or ()):
             block = {
                 "type": "tool_use",
@@ -306,7 +311,10 @@ def _block_start(state: StreamState, event: Mapping[str, Any]) -> tuple[StreamSt
                 "function": {"name": block.get("name"), "arguments": json.dumps(initial) if initial else ""},
             }
             return _emit(state, {"tool_calls": [call]}, None)
-        case _:  # thinking, server tool blocks: not part of an OpenAI chat answer
+        case "thinking":  # requested with `thinking`: the reasoning is streamed as `reasoning_content`, as vLLM does
+            text = block.get("thinking") or ""
+            return _emit(state, {"reasoning_content": text}, None) if text else (state, [])
+        case _:  # redacted thinking, server tool blocks: not part of an OpenAI chat answer
             return state, []
 
 
@@ -323,7 +331,13 @@ def _block_delta(state: StreamState, event: Mapping[str, Any]) -> tuple[StreamSt
                 return state, []
             call = {"index": state.tool_blocks.index(index), "function": {"arguments": partial}}
             return _emit(state, {"tool_calls": [call]}, None)
-        case _:  # thinking_delta, signature_delta, citations_delta, unknown
+        case "thinking_delta":
+            text = delta.get("thinking") or ""
+            return _emit(state, {"reasoning_content": text}, None) if text else (state, [])
+        case "signature_delta":  # lets the Messages ingress hand the thinking block back whole (multi-turn)
+            signature = delta.get("signature") or ""
+            return _emit(state, {"reasoning_signature": signature}, None) if signature else (state, [])
+        case _:  # citations_delta, unknown
             return state, []
 
 

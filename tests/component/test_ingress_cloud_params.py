@@ -9,14 +9,16 @@ import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anthropic
+import httpx2
 import pytest
 import pytest_asyncio
 
 from serve_app.backends.anthropic import AnthropicBackend
 from serve_app.backends.anthropic_params import JSON_OBJECT_INSTRUCTION
 from tests.component.conftest import MakeRouter, Router
-from tests.component.fakes import PRICE, chat_body, router_args
-from tests.support.anthropic_standin import AnthropicStandIn, prompt_tokens
+from tests.component.fakes import API_KEY, PRICE, chat_body, router_args
+from tests.support.anthropic_standin import SIGNATURE, THINKING, AnthropicStandIn, prompt_tokens
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -198,3 +200,35 @@ async def test_messages_cache_scenario_reports_cache_usage(cloud_router):
     assert the_span(router)["llm.cost_usd"] == pytest.approx(
         (3 * PRICE["input"] + 4 * PRICE["cache_read"] + 2 * PRICE["cache_write"] + 4 * PRICE["output"]) / 1e6
     )
+
+
+# ---- thinking ----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_messages_thinking_comes_back_as_a_signed_thinking_block(cloud_router, stream):
+    router = cloud_router()
+    http = httpx2.AsyncClient(transport=httpx2.ASGITransport(app=router.app))
+    client = anthropic.AsyncAnthropic(api_key=API_KEY, base_url="http://router.test", http_client=http, max_retries=0)
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    messages = [{"role": "user", "content": "one two three"}]
+    if stream:
+        async with client.messages.stream(
+            model="claude", max_tokens=2048, messages=messages, thinking=thinking
+        ) as events:
+            message = await events.get_final_message()
+    else:
+        message = await client.messages.create(model="claude", max_tokens=2048, messages=messages, thinking=thinking)
+    await http.aclose()
+    first, second = message.content
+    assert first.type == "thinking" and first.thinking == THINKING and first.signature == SIGNATURE
+    assert second.type == "text" and second.text == "You sent 3 words."
+
+
+async def test_openai_route_gets_claudes_thinking_as_reasoning_content(cloud_router):
+    router = cloud_router()
+    body = chat_body("one two", model="cloud", thinking={"type": "adaptive"})
+    response = await router.client().post("/v1/chat/completions", json=body)
+    message = response.json()["choices"][0]["message"]
+    assert message["reasoning_content"] == THINKING and message["content"] == "You sent 2 words."
+    assert "x-router-dropped-params" not in response.headers

@@ -91,3 +91,48 @@ def test_thinking_and_cache_control_pass_through_top_k_is_reported():
     assert call.params["thinking"] == {"type": "enabled", "budget_tokens": 16}
     assert call.params["cache_control"] == EPHEMERAL
     assert "top_k" not in call.params and call.dropped == ("top_k",)
+
+
+# ---- thinking: out as thinking blocks, back in as the assistant's signed thinking ------------------------------
+
+
+def _chunk(**delta: Any) -> dict[str, Any]:
+    return {"id": "c", "model": "claude-sonnet-4-6", "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}
+
+
+def test_reasoning_content_becomes_a_thinking_block_with_its_signature():
+    from serve_app.messages_api import message_from_chunks
+
+    chunks = [
+        _chunk(role="assistant", content=""),
+        _chunk(reasoning_content="Let me "),
+        _chunk(reasoning_content="think."),
+        _chunk(reasoning_signature="sig-1"),
+        _chunk(content="42"),
+    ]
+    message = message_from_chunks(chunks, message_id="msg_1", model="claude-sonnet-4-6")
+    assert message["content"] == [
+        {"type": "thinking", "thinking": "Let me think.", "signature": "sig-1"},
+        {"type": "text", "text": "42"},
+    ]
+
+
+def test_signed_thinking_goes_back_first_in_the_assistant_turn_unsigned_is_left_out():
+    signed = {"type": "thinking", "thinking": "plan", "signature": "sig-1"}
+    redacted = {"type": "redacted_thinking", "data": "opaque"}
+    unsigned = {"type": "thinking", "thinking": "a local model's reasoning", "signature": ""}
+    messages = [
+        {"role": "user", "content": "weather?"},
+        {
+            "role": "assistant",
+            "content": [signed, redacted, unsigned, {"type": "tool_use", "id": "t1", "name": "w", "input": {}}],
+        },
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}]},
+    ]
+    tools = [{"name": "w", "input_schema": {"type": "object"}}]
+    params = _round_trip(_body(messages=messages, tools=tools))
+    assert params["messages"][1]["content"] == [
+        signed,
+        redacted,
+        {"type": "tool_use", "id": "t1", "name": "w", "input": {}},
+    ]
