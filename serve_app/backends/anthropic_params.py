@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from serve_app.errors import InvalidRequest
-from serve_app.protocol import ChatCompletionRequest, TextPart
+from serve_app.protocol import ChatCompletionRequest, ImagePart, TextPart
 
 # OpenAI fields the Messages API has no place for; temperature/top_p (and top_k, which the Messages ingress
 # carries) are rejected with a 400 under 2026-10-21 even at default values, so they are never sent.
@@ -28,7 +28,7 @@ JSON_OBJECT_INSTRUCTION = (
 )
 EPHEMERAL = {"type": "ephemeral"}
 _CHARS_PER_TOKEN = 3.5  # the routing estimate's default; a breakpoint on a block below the model's minimum is inert
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")  # no dots: those name the nested fields below
 _MAX_NAMES = 32
 
 
@@ -56,7 +56,22 @@ def dropped_params(request: ChatCompletionRequest) -> tuple[str, ...]:
         if name == "response_format" and _response_format_kind(value) is not None:
             continue
         names.add(name if _NAME.match(name) else "_unnamed")  # a key is client text: never echo it raw
+    names.update(_dropped_nested(request))
     return tuple(sorted(names)[:_MAX_NAMES])
+
+
+def _dropped_nested(request: ChatCompletionRequest) -> set[str]:
+    """Declared fields inside messages and tools that the Messages API has no place for."""
+    names: set[str] = set()
+    for message in request.messages:
+        if message.name:
+            names.add("messages.name")
+        for part in message.content if isinstance(message.content, list) else ():
+            if isinstance(part, ImagePart) and part.image_url.detail is not None:
+                names.add("messages.content.image_url.detail")
+    if any(tool.function.strict is not None for tool in request.tools or ()):
+        names.add("tools.function.strict")
+    return names
 
 
 def translated_params(request: ChatCompletionRequest) -> tuple[str, ...]:

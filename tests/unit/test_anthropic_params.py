@@ -171,3 +171,19 @@ def test_clients_own_breakpoint_is_not_doubled():
     ]
     system = _call(_request(messages=messages), cache_system_min_tokens=10).params["system"]
     assert [("cache_control" in b) for b in system] == [True, False]
+
+
+def test_dropped_params_name_nested_fields_without_a_place():
+    messages = [
+        {"role": "system", "content": "s", "name": "ops"},
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": "https://x/y.png", "detail": "high"}}],
+        },
+    ]
+    tools = [{"type": "function", "function": {"name": "f", "strict": True}}]
+    assert dropped_params(_request(messages=messages, tools=tools)) == (
+        "messages.content.image_url.detail",
+        "messages.name",
+        "tools.function.strict",
+    )
