@@ -46,6 +46,7 @@ class ChatAssembler:
     created: int = 0
     model: str = ""
     content: list[str] = field(default_factory=list)
+    reasoning: list[str] = field(default_factory=list)
     tool_calls: dict[int, _ToolCall] = field(default_factory=dict)
     finish_reason: str | None = None
 
@@ -57,6 +58,8 @@ class ChatAssembler:
             delta = choice.get("delta") or {}
             if delta.get("content"):
                 self.content.append(delta["content"])
+            if delta.get("reasoning_content"):
+                self.reasoning.append(delta["reasoning_content"])
             for call in delta.get("tool_calls") or ():
                 slot = self.tool_calls.setdefault(int(call.get("index", 0)), _ToolCall())
                 slot.id = call.get("id") or slot.id
@@ -69,6 +72,8 @@ class ChatAssembler:
 
     def completion(self, *, usage: dict[str, Any]) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": "".join(self.content) if self.content else None}
+        if self.reasoning:  # vLLM's field for a reasoning model's thinking (and Claude's, when asked for)
+            message["reasoning_content"] = "".join(self.reasoning)
         if self.tool_calls:
             message["tool_calls"] = [
                 {

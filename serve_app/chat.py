@@ -12,12 +12,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from serve_app.backends.anthropic_params import dropped_params, translated_params
 from serve_app.backends.base import Backend
 from serve_app.config import RouterArgs
 from serve_app.errors import UpstreamError, UpstreamUnavailable
 from serve_app.protocol import ChatCompletionRequest, ModelCard, ModelList
 from serve_app.routing import (
     ALIASES,
+    CLOUD_ALIASES,
     RouteDecision,
     RouteInput,
     decide,
@@ -37,6 +39,7 @@ class ChatStream:
     observation: Observation
     first: dict[str, Any]
     rest: AsyncIterator[dict[str, Any]]
+    dropped_params: tuple[str, ...] = ()  # request fields the answering backend did not get (X-Router-Dropped-Params)
     _iterator: AsyncGenerator[dict[str, Any]] | None = field(default=None, init=False)
 
     def chunks(self) -> AsyncGenerator[dict[str, Any]]:
@@ -82,7 +85,9 @@ class ChatService:
         return self._telemetry
 
     def models(self) -> ModelList:
-        cards = [ModelCard(id=alias, owned_by="hybrid-llm") for alias in ALIASES if alias != "cloud" or self._cloud]
+        cards = [
+            ModelCard(id=alias, owned_by="hybrid-llm") for alias in ALIASES if alias not in CLOUD_ALIASES or self._cloud
+        ]
         cards.append(ModelCard(id=self._args.local.model_id, owned_by="local"))
         if self._cloud is not None:
             cards += [ModelCard(id=m, owned_by="anthropic") for m in self._cloud.model_ids]
@@ -144,8 +149,9 @@ class ChatService:
                     provider=backend.provider,
                     model=decision.model,
                     reason=decision.reason,
-                    fallback=decision.reason.startswith("fallback_"),
+                    fallback=decision.is_retry,
                 )
+                dropped = self._report_params(request, decision, observation)
                 fail_fast = decision.fallback_backend is not None  # set only when that backend was ready
                 chunks = observation.observe(
                     backend.stream(request, model=decision.model, request_id=request_id, fail_fast=fail_fast)
@@ -164,11 +170,25 @@ class ChatService:
                     logger.info("falling back from %s: %s", decision.backend, exc.kind)
                     decision = decision.after_failure()
                     continue
-                return ChatStream(decision=decision, observation=observation, first=first, rest=chunks)
+                return ChatStream(
+                    decision=decision, observation=observation, first=first, rest=chunks, dropped_params=dropped
+                )
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
             observation.finish(outcome=outcome, error=exc)
             raise
+
+    @staticmethod
+    def _report_params(
+        request: ChatCompletionRequest, decision: RouteDecision, observation: Observation
+    ) -> tuple[str, ...]:
+        """The request fields the cloud path drops or translates, on the span and generation; what it drops."""
+        if decision.backend != "cloud":
+            observation.request_params(dropped=(), translated=())
+            return ()
+        dropped = dropped_params(request)
+        observation.request_params(dropped=dropped, translated=translated_params(request))
+        return dropped
 
 
 def _messages_for_telemetry(request: ChatCompletionRequest) -> list[dict[str, Any]]:

@@ -54,6 +54,13 @@ class CloudBackendArgs(_Args):
     connect_timeout_s: float = Field(default=5.0, gt=0, description="TCP/TLS connect timeout.")
     max_retries: int = Field(default=2, ge=0, le=10, description="SDK retries (honouring retry-after).")
     base_url: str | None = Field(default=None, description="Overrides ANTHROPIC_BASE_URL when set.")
+    cache_system_prompt_min_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="On the OpenAI route, a system prompt at least this long (estimated tokens) gets a prompt-cache "
+        "breakpoint (`cache_control: ephemeral`), so repeats read it at the cache price. None: only the client's "
+        "own `cache_control` breakpoints. Anthropic caches nothing below the model's minimum (1024-4096 tokens).",
+    )
     http_client: Literal["aiohttp", "httpx"] = Field(
         default="aiohttp",
         description="HTTP transport under the Anthropic SDK: `aiohttp` (the SDK's DefaultAioHttpClient; 23-31% less "
@@ -94,6 +101,13 @@ class RoutingPolicy(_Args):
     images_go_cloud: bool = Field(default=True, description="The local model is text-only: images go to the cloud.")
     rules: list[RoutingRule] = Field(default_factory=list, description="Evaluated in order before the built-ins.")
     fallback: bool = Field(default=True, description="Retry on the other backend after a failure before first byte.")
+    local_pin: Literal["fallback", "strict"] = Field(
+        default="fallback",
+        description="What the `local` alias does while the local model is not serving or is saturated: `fallback` "
+        "(the cloud answers, route reason fallback_local_not_ready / fallback_local_saturated; a failure before the "
+        "first byte also falls back) or `strict` (503 with Retry-After while not serving; queued when saturated). "
+        "The concrete local model id is always strict.",
+    )
 
 
 class AuthArgs(_Args):
@@ -170,8 +184,9 @@ class RouterArgs(_Args):
             missing = [m for m in self.cloud.model_ids if m not in self.pricing.models]
             if missing:
                 raise ValueError(f"no price for cloud model(s) {missing}")
-        clash = set(self.cloud.model_ids) & {self.local.model_id, "auto", "local", "cloud"}
-        if clash or self.local.model_id in ("auto", "local", "cloud"):
+        aliases = {"auto", "local", "cloud", "claude"}
+        clash = set(self.cloud.model_ids) & ({self.local.model_id} | aliases)
+        if clash or self.local.model_id in aliases:
             raise ValueError(f"model ids must be distinct from each other and the aliases: {sorted(clash)}")
         return self
 

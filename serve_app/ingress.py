@@ -117,7 +117,7 @@ def create_app(
         keys.check(request.headers.get("authorization"))
         chat_request = parse_chat_request(await read_body(request, max_request_bytes))
         stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
-        headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+        headers = _route_headers(stream)
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id
         if chat_request.stream:
@@ -140,7 +140,7 @@ def create_app(
         body = await read_body(request, max_request_bytes)
         chat_request = to_chat_request(_json_object(body))
         stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
-        headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+        headers = _route_headers(stream)
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id
         message_id = f"msg_{request.state.request_id.replace('-', '')}"
@@ -329,6 +329,13 @@ def _presented_key(request: Request) -> str | None:
     """The Authorization value, or `x-api-key` as a bearer (Anthropic SDKs 1.x send that; 2.x a bearer token)."""
     api_key = request.headers.get("x-api-key")
     return f"Bearer {api_key}" if api_key else request.headers.get("authorization")
+
+
+def _route_headers(stream: ChatStream) -> dict[str, str]:
+    headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
+    if stream.dropped_params:
+        headers["X-Router-Dropped-Params"] = ",".join(stream.dropped_params)
+    return headers
 
 
 def _id_header(request: Request) -> dict[str, str]:

@@ -17,15 +17,16 @@ from serve_app.errors import InvalidRequest, RouterError
 from serve_app.protocol import ChatCompletionRequest
 from serve_app.usage import Usage, accumulate_openai_chunk
 
-# Anthropic fields with no equivalent in the chat request; accepted and ignored (listed by `ignored_fields`).
-_IGNORED = frozenset(
-    {"top_k", "thinking", "service_tier", "cache_control", "container", "output_config", "speed", "inference_geo"}
-)
+# Request fields with no equivalent in the chat request (`thinking`, `cache_control`, `top_k`, `output_config`, ...,
+# listed by `ignored_fields`) ride on it as extra fields: the cloud path sends Anthropic's own as they are and
+# reports the others as dropped (serve_app.backends.anthropic_params); the local engine gets `top_k`.
 _KNOWN = frozenset(
     {"model", "max_tokens", "messages", "system", "stop_sequences", "stream", "tools", "tool_choice", "metadata"}
     | {"temperature", "top_p"}
 )
-_SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # earlier reasoning: not input for another model
+# Earlier reasoning: not input for another model; a signed one (Claude's) rides along as the assistant message's
+# `thinking_blocks`, which the cloud path sends back first in that turn.
+_SKIPPED_BLOCKS = frozenset({"thinking", "redacted_thinking"})
 
 # ------------------------------------------------------------------------------------------------ request
 
@@ -61,8 +62,18 @@ MESSAGES_REQUEST_SCHEMA: Mapping[str, Any] = {
 
 
 def ignored_fields(body: Mapping[str, Any]) -> tuple[str, ...]:
-    """Request fields the router accepts but does not honour (for span/log records)."""
+    """Request fields with no place in the chat request; they are carried on it as extra fields."""
     return tuple(sorted(name for name in body if name not in _KNOWN))
+
+
+def _carried(body: Mapping[str, Any]) -> dict[str, Any]:
+    # a chat request field of the same name (`n`, `seed`, ...) is not Anthropic's: never let it change the request
+    return {name: body[name] for name in ignored_fields(body) if name not in ChatCompletionRequest.model_fields}
+
+
+def _cache(block: Mapping[str, Any]) -> dict[str, Any]:
+    """The block's prompt-cache breakpoint, to carry onto the chat request's part, message or tool."""
+    return {"cache_control": block["cache_control"]} if block.get("cache_control") is not None else {}
 
 
 def to_chat_request(body: Any) -> ChatCompletionRequest:
@@ -82,11 +93,12 @@ def to_chat_request(body: Any) -> ChatCompletionRequest:
     messages: list[dict[str, Any]] = []
     system = body.get("system")
     if system:
-        messages.append({"role": "system", "content": _text_of(system, param="system")})
+        messages.append({"role": "system", "content": _system_content(system)})
     for i, message in enumerate(raw_messages):
         messages.extend(_chat_messages(message, param=f"messages.{i}"))
 
     chat: dict[str, Any] = {"model": model, "messages": messages, "max_completion_tokens": max_tokens}
+    chat.update(_carried(body))
     for name in ("temperature", "top_p"):
         if body.get(name) is not None:
             chat[name] = body[name]
@@ -128,6 +140,13 @@ def _typed(body: Mapping[str, Any], name: str, kind: type) -> Any:
     raise InvalidRequest(f"{name}: {_TYPE_NAMES[kind]} is required", param=name)
 
 
+def _system_content(system: Any) -> str | list[dict[str, Any]]:
+    text = _text_of(system, param="system")
+    if isinstance(system, list) and any(_cache(block) for block in system):  # keep the blocks and breakpoints
+        return [{"type": "text", "text": str(block.get("text", "")), **_cache(block)} for block in system]
+    return text
+
+
 def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
     if not isinstance(message, Mapping) or message.get("role") not in ("user", "assistant"):
         raise InvalidRequest(f"{param}.role: must be 'user' or 'assistant'", param=f"{param}.role")
@@ -139,13 +158,15 @@ def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         where = f"{param}.content.{j}"
         kind = block.get("type") if isinstance(block, Mapping) else None
         if kind == "text":
-            parts.append({"type": "text", "text": str(block.get("text", ""))})
+            parts.append({"type": "text", "text": str(block.get("text", "")), **_cache(block)})
         elif kind == "image" and role == "user":
-            parts.append({"type": "image_url", "image_url": {"url": _image_url(block.get("source"), param=where)}})
+            url = _image_url(block.get("source"), param=where)
+            parts.append({"type": "image_url", "image_url": {"url": url}, **_cache(block)})
         elif kind == "tool_use" and role == "assistant":
             arguments = json.dumps(block.get("input") or {})
             calls.append(
@@ -153,21 +174,25 @@ def _chat_messages(message: Any, *, param: str) -> list[dict[str, Any]]:
                     "id": block.get("id"),
                     "type": "function",
                     "function": {"name": block.get("name"), "arguments": arguments},
+                    **_cache(block),
                 }
             )
         elif kind == "tool_result" and role == "user":
             text = _text_of(block.get("content") or "", param=f"{where}.content")
             if block.get("is_error"):
                 text = f"[tool error] {text}"
-            results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text})
+            results.append({"role": "tool", "tool_call_id": block.get("tool_use_id"), "content": text, **_cache(block)})
         elif kind in _SKIPPED_BLOCKS:
-            continue
+            if role == "assistant" and (block.get("signature") or block.get("data")):
+                thinking.append(dict(block))
         else:
             raise InvalidRequest(f"{where}: block type {kind!r} is not supported in a {role} message", param=where)
     out: list[dict[str, Any]] = list(results)  # tool answers must directly follow the assistant's calls
     if role == "assistant" and (parts or calls):
         text = "".join(p["text"] for p in parts)
-        out.append({"role": "assistant", "content": text or None, **({"tool_calls": calls} if calls else {})})
+        content: Any = parts if any("cache_control" in p for p in parts) else text or None
+        signed = {"thinking_blocks": thinking} if thinking else {}
+        out.append({"role": "assistant", "content": content, **({"tool_calls": calls} if calls else {}), **signed})
     elif parts:
         out.append({"role": role, "content": parts})
     return out
@@ -196,7 +221,7 @@ def _tool(tool: Any, *, param: str) -> dict[str, Any]:
     function: dict[str, Any] = {"name": tool["name"], "parameters": tool.get("input_schema") or {"type": "object"}}
     if tool.get("description"):
         function["description"] = tool["description"]
-    return {"type": "function", "function": function}
+    return {"type": "function", "function": function, **_cache(tool)}
 
 
 def _tool_choice(choice: Mapping[str, Any]) -> dict[str, Any]:
@@ -237,6 +262,7 @@ class EventState:
     started: bool = False
     open_index: int | None = None  # Anthropic index of the open content block
     open_tool: int | None = None  # OpenAI tool-call index of the open block, when it is a tool_use
+    open_thinking: bool = False  # the open block is a thinking block
     next_index: int = 0
     tool_index: tuple[tuple[int, int], ...] = ()  # (OpenAI tool-call index, Anthropic block index)
     usage: Usage = field(default_factory=Usage)
@@ -256,8 +282,10 @@ def events_from_chunk(state: EventState, chunk: Mapping[str, Any]) -> tuple[Even
         events.append(_message_start(state))
     for choice in chunk.get("choices") or ():
         delta = choice.get("delta") or {}
+        if delta.get("reasoning_content") or delta.get("reasoning_signature"):
+            state = _thinking_delta(state, events, delta)
         if delta.get("content"):
-            if state.open_index is None or state.open_tool is not None:
+            if state.open_index is None or state.open_tool is not None or state.open_thinking:
                 state = _open(state, events, {"type": "text", "text": ""}, tool=None)
             text_delta = {"type": "text_delta", "text": delta["content"]}
             events.append({"type": "content_block_delta", "index": state.open_index, "delta": text_delta})
@@ -334,14 +362,30 @@ def _anthropic_usage(usage: Usage) -> dict[str, int]:
 def _open(state: EventState, events: list[dict[str, Any]], block: dict[str, Any], *, tool: int | None) -> EventState:
     state = _close(state, events)
     events.append({"type": "content_block_start", "index": state.next_index, "content_block": block})
-    return replace(state, open_index=state.next_index, open_tool=tool, next_index=state.next_index + 1)
+    thinking = block["type"] == "thinking"
+    return replace(
+        state, open_index=state.next_index, open_tool=tool, open_thinking=thinking, next_index=state.next_index + 1
+    )
+
+
+def _thinking_delta(state: EventState, events: list[dict[str, Any]], delta: Mapping[str, Any]) -> EventState:
+    """`reasoning_content` (Claude's thinking, or a local reasoning parser's) as a thinking block."""
+    if state.open_index is None or not state.open_thinking:
+        state = _open(state, events, {"type": "thinking", "thinking": "", "signature": ""}, tool=None)
+    if delta.get("reasoning_content"):
+        thinking_delta = {"type": "thinking_delta", "thinking": delta["reasoning_content"]}
+        events.append({"type": "content_block_delta", "index": state.open_index, "delta": thinking_delta})
+    if delta.get("reasoning_signature"):
+        signature_delta = {"type": "signature_delta", "signature": delta["reasoning_signature"]}
+        events.append({"type": "content_block_delta", "index": state.open_index, "delta": signature_delta})
+    return state
 
 
 def _close(state: EventState, events: list[dict[str, Any]]) -> EventState:
     if state.open_index is None:
         return state
     events.append({"type": "content_block_stop", "index": state.open_index})
-    return replace(state, open_index=None, open_tool=None)
+    return replace(state, open_index=None, open_tool=None, open_thinking=False)
 
 
 def _tool_delta(state: EventState, events: list[dict[str, Any]], call: Mapping[str, Any]) -> EventState:
@@ -393,6 +437,10 @@ def message_from_events(events: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
             block, delta = message["content"][event["index"]], event["delta"]
             if delta["type"] == "text_delta":
                 block["text"] += delta["text"]
+            elif delta["type"] == "thinking_delta":
+                block["thinking"] += delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = delta["signature"]
             elif delta["type"] == "input_json_delta":
                 pieces.setdefault(event["index"], []).append(delta["partial_json"])
         elif kind == "message_delta":

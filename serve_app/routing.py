@@ -15,7 +15,8 @@ from serve_app.errors import ModelNotFound, NoBackendAvailable
 from serve_app.protocol import ChatCompletionRequest, ImagePart
 
 BackendName = Literal["local", "cloud"]
-ALIASES = ("auto", "local", "cloud")
+ALIASES = ("auto", "local", "cloud", "claude")  # `claude` is another name for `cloud`
+CLOUD_ALIASES = ("cloud", "claude")
 _MESSAGE_OVERHEAD_TOKENS = 4
 
 
@@ -33,6 +34,13 @@ class RouteReason(StrEnum):
     CLOUD_UNAVAILABLE = "cloud_unavailable"
     FALLBACK_LOCAL_ERROR = "fallback_local_error"  # local failed before the first byte; cloud answered
     FALLBACK_CLOUD_ERROR = "fallback_cloud_error"  # cloud failed before the first byte; local answered
+    FALLBACK_LOCAL_NOT_READY = "fallback_local_not_ready"  # `local` requested while not serving; cloud answered
+    FALLBACK_LOCAL_SATURATED = "fallback_local_saturated"  # `local` requested while saturated; cloud answered
+
+
+# Reasons of a retry after a failure before the first byte (counted in router_fallbacks_total); the pin
+# fallbacks above are decisions taken before any call, visible through the route reason and `requested` label.
+RETRY_REASONS = frozenset({RouteReason.FALLBACK_LOCAL_ERROR.value, RouteReason.FALLBACK_CLOUD_ERROR.value})
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +65,11 @@ class RouteDecision:
     fallback_backend: BackendName | None = None
     fallback_model: str | None = None
 
+    @property
+    def is_retry(self) -> bool:
+        """Whether this decision replaced one whose backend failed before the first byte."""
+        return self.reason in RETRY_REASONS
+
     def after_failure(self) -> RouteDecision:
         """The decision that replaces this one when its backend failed before the first byte."""
         assert self.fallback_backend is not None and self.fallback_model is not None
@@ -68,25 +81,21 @@ def decide(*, route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs)
     """Chooses the backend for one request. Raises ModelNotFound or NoBackendAvailable."""
     requested = route.requested_model
     cloud_default = route.cloud_model_ids[0] if route.cloud_model_ids else None
-    # An explicit model never moves to the other backend; when its own is not ready the answer is a 503 at once,
-    # not a wait on a model that is loading (the SDKs retry a 503 after its Retry-After).
-    if requested in ("local", route.local_model_id):
-        if not route.local_ready:
-            raise NoBackendAvailable(
-                "the local model is not serving (loading or restarting); retry later, or send 'auto' to be "
-                "answered by the cloud meanwhile",
-                retry_after=5,
-            )
-        return RouteDecision("local", route.local_model_id, RouteReason.EXPLICIT_LOCAL.value)
-    if requested == "cloud" or requested in route.cloud_model_ids:
+    if requested == "local":
+        return _local_alias(route, policy, local, cloud_default)
+    # A concrete model id is a strict pin: it names the model that must answer. While its backend is not ready the
+    # answer is a 503 at once, not a wait on a model that is loading (the SDKs retry a 503 after its Retry-After).
+    if requested == route.local_model_id:
+        return _strict_local(route)
+    if requested in CLOUD_ALIASES or requested in route.cloud_model_ids:
         if cloud_default is None:
             raise ModelNotFound(f"model '{requested}' is not available: the cloud backend is disabled", param="model")
         if not route.cloud_ready:
             raise NoBackendAvailable("the cloud backend is not ready: no Anthropic API key is configured")
-        model = cloud_default if requested == "cloud" else requested
+        model = cloud_default if requested in CLOUD_ALIASES else requested
         return RouteDecision("cloud", model, RouteReason.EXPLICIT_CLOUD.value)
     if requested != "auto":
-        aliases = [a for a in ALIASES if a != "cloud" or route.cloud_model_ids]
+        aliases = [a for a in ALIASES if a not in CLOUD_ALIASES or route.cloud_model_ids]
         known = ", ".join([*aliases, route.local_model_id, *route.cloud_model_ids])
         raise ModelNotFound(f"model '{requested}' does not exist; available: {known}", param="model")
     if cloud_default is None:
@@ -126,6 +135,45 @@ def decide(*, route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs)
         "local",
         route.local_model_id,
         reason,
+        "cloud" if fallback_ok else None,
+        cloud_default if fallback_ok else None,
+    )
+
+
+def _strict_local(route: RouteInput) -> RouteDecision:
+    if not route.local_ready:
+        raise NoBackendAvailable(
+            "the local model is not serving (loading or restarting); retry later, or send 'local' or 'auto' to be "
+            "answered by the cloud meanwhile",
+            retry_after=5,
+        )
+    return RouteDecision("local", route.local_model_id, RouteReason.EXPLICIT_LOCAL.value)
+
+
+def _local_alias(
+    route: RouteInput, policy: RoutingPolicy, local: LocalBackendArgs, cloud_default: str | None
+) -> RouteDecision:
+    """`local`: the local model, and with `routing.local_pin: fallback` the cloud while it cannot answer."""
+    cloud_can_answer = policy.local_pin == "fallback" and cloud_default is not None and route.cloud_ready
+    if not cloud_can_answer:
+        if not route.local_ready:
+            raise NoBackendAvailable(
+                "the local model is not serving (loading or restarting) and 'local' is pinned to it "
+                "(routing.local_pin: strict, or no cloud backend); retry later",
+                retry_after=5,
+            )
+        return RouteDecision("local", route.local_model_id, RouteReason.EXPLICIT_LOCAL.value)
+    assert cloud_default is not None
+    if not route.local_ready:
+        return RouteDecision("cloud", cloud_default, RouteReason.FALLBACK_LOCAL_NOT_READY.value)
+    if route.local_inflight >= local.saturation_inflight:
+        return RouteDecision("cloud", cloud_default, RouteReason.FALLBACK_LOCAL_SATURATED.value)
+    # Also a failure before the first byte moves it to the cloud (`fallback_local_error`), as for `auto`.
+    fallback_ok = policy.fallback
+    return RouteDecision(
+        "local",
+        route.local_model_id,
+        RouteReason.EXPLICIT_LOCAL.value,
         "cloud" if fallback_ok else None,
         cloud_default if fallback_ok else None,
     )

@@ -218,7 +218,12 @@ class AnthropicBackend:
         529 hands the request to the local model at once instead of after the SDK's backoff."""
         if self._client is None:
             raise UpstreamAuthFailed("no Anthropic API key configured", backend=BACKEND)
-        call = to_anthropic_request(request, model=model, default_max_tokens=self._args.default_max_tokens)
+        call = to_anthropic_request(
+            request,
+            model=model,
+            default_max_tokens=self._args.default_max_tokens,
+            cache_system_min_tokens=self._args.cache_system_prompt_min_tokens,
+        )
         state = new_stream_state(completion_id=f"chatcmpl-{request_id}", model=model, created=int(time.time()))
         client = self._no_retry_client if fail_fast and self._no_retry_client is not None else self._client
         create = client.messages.with_streaming_response.create

@@ -13,6 +13,14 @@ from dataclasses import dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+from serve_app.backends.anthropic_params import (
+    dropped_params,
+    extra,
+    system_param,
+    top_level_params,
+    translated_params,
+    with_cache_control,
+)
 from serve_app.errors import (
     ContextLengthExceeded,
     InvalidRequest,
@@ -30,35 +38,33 @@ from serve_app.usage import Usage, accumulate_anthropic_event, usage_from_anthro
 
 # ---------------------------------------------------------------------------------------------- requests
 
-# OpenAI parameters the Messages API (version 2026-10-21) has no place for. temperature/top_p are rejected
-# with a 400 even at default values, so they are dropped on purpose and reported, never sent.
-_DROPPED_FIELDS = ("temperature", "top_p", "seed")
 _IMAGE_MEDIA_TYPES = frozenset({"image/jpeg", "image/png", "image/gif", "image/webp"})
 _DATA_URL = re.compile(r"^data:(?P<media>[\w/+.-]+)(?P<params>(;[\w-]+=[^;,]*)*)(?P<b64>;base64)?,(?P<data>.*)$", re.S)
 
 
 @dataclass(frozen=True, slots=True)
 class AnthropicRequest:
-    """Keyword arguments for `messages.create` (without `stream`) and the OpenAI fields left behind."""
+    """Keyword arguments for `messages.create` (without `stream`), the OpenAI fields left behind and the ones
+    expressed in Anthropic's terms (see `anthropic_params`)."""
 
     params: dict[str, Any]
     dropped: tuple[str, ...] = ()
+    translated: tuple[str, ...] = ()
 
 
-def dropped_params(request: ChatCompletionRequest) -> tuple[str, ...]:
-    """Names of the fields the client set that the Anthropic request will not carry (for span/log records)."""
-    names = [name for name in _DROPPED_FIELDS if getattr(request, name) is not None]
-    names.extend(sorted(request.__pydantic_extra__ or {}))
-    return tuple(names)
+__all__ = ["AnthropicRequest", "dropped_params", "to_anthropic_request"]
 
 
-def to_anthropic_request(request: ChatCompletionRequest, *, model: str, default_max_tokens: int) -> AnthropicRequest:
-    """The Messages API call for `request`; raises `InvalidRequest` for input Anthropic cannot express."""
-    system: list[str] = []
+def to_anthropic_request(
+    request: ChatCompletionRequest, *, model: str, default_max_tokens: int, cache_system_min_tokens: int | None = None
+) -> AnthropicRequest:
+    """The Messages API call for `request`; raises `InvalidRequest` for input Anthropic cannot express.
+
+    `cache_system_min_tokens`: a system prompt at least this long (estimated) gets a cache breakpoint.
+    """
     turns: list[dict[str, Any]] = []
     for i, message in enumerate(request.messages):
         if message.role in ("system", "developer"):
-            system.append(_plain_text(message))
             continue
         role, blocks = _message_blocks(message, param=f"messages[{i}]")
         if not blocks:
@@ -79,18 +85,20 @@ def to_anthropic_request(request: ChatCompletionRequest, *, model: str, default_
         "max_tokens": request.output_budget or default_max_tokens,
         "messages": turns,
     }
-    if system:
-        params["system"] = "\n".join(system)
+    system = system_param(request, cache_min_tokens=cache_system_min_tokens)
+    if system is not None:
+        params["system"] = system
     if request.stop:
         params["stop_sequences"] = [request.stop] if isinstance(request.stop, str) else list(request.stop)
     if request.tools:
-        params["tools"] = [_tool(tool.function) for tool in request.tools]
+        params["tools"] = [with_cache_control(_tool(tool.function), tool) for tool in request.tools]
         choice = _tool_choice(request)
         if choice is not None:
             params["tool_choice"] = choice
     if request.user:
         params["metadata"] = {"user_id": request.user}
-    return AnthropicRequest(params=params, dropped=dropped_params(request))
+    params.update(top_level_params(request))
+    return AnthropicRequest(params=params, dropped=dropped_params(request), translated=translated_params(request))
 
 
 def _plain_text(message: ChatMessage) -> str:
@@ -103,18 +111,21 @@ def _plain_text(message: ChatMessage) -> str:
 def _message_blocks(message: ChatMessage, *, param: str) -> tuple[str, list[dict[str, Any]]]:
     if message.role == "tool":
         result = {"type": "tool_result", "tool_use_id": message.tool_call_id, "content": _plain_text(message)}
-        return "user", [result]
+        return "user", [with_cache_control(result, message)]
     blocks = _content_blocks(message.content, param=param, allow_images=message.role == "user")
     if message.role == "assistant":
+        # signed thinking blocks of an earlier Claude answer go back first, as the API requires with tool use
+        thinking = extra(message, "thinking_blocks")
+        if isinstance(thinking, list):
+            blocks = [dict(block) for block in thinking if isinstance(block, dict)] + blocks
         for j, call in enumerate(message.tool_calls or ()):
-            blocks.append(
-                {
-                    "type": "tool_use",
-                    "id": call.id,
-                    "name": call.function.name,
-                    "input": _tool_input(call.function.arguments, param=f"{param}.tool_calls[{j}].function.arguments"),
-                }
-            )
+            block = {
+                "type": "tool_use",
+                "id": call.id,
+                "name": call.function.name,
+                "input": _tool_input(call.function.arguments, param=f"{param}.tool_calls[{j}].function.arguments"),
+            }
+            blocks.append(with_cache_control(block, call))
     return message.role, blocks
 
 
@@ -127,11 +138,12 @@ def _content_blocks(content: str | list[Any] | None, *, param: str, allow_images
     for k, part in enumerate(content):
         if isinstance(part, TextPart):
             if part.text:  # Anthropic rejects empty text blocks
-                blocks.append({"type": "text", "text": part.text})
+                blocks.append(with_cache_control({"type": "text", "text": part.text}, part))
         elif isinstance(part, ImagePart):
             if not allow_images:
                 raise InvalidRequest("images are only allowed in user messages", param=f"{param}.content[{k}]")
-            blocks.append(_image_block(part.image_url.url, param=f"{param}.content[{k}].image_url.url"))
+            block = _image_block(part.image_url.url, param=f"{param}.content[{k}].image_url.url")
+            blocks.append(with_cache_control(block, part))
     return blocks
 
 
@@ -299,7 +311,10 @@ def _block_start(state: StreamState, event: Mapping[str, Any]) -> tuple[StreamSt
                 "function": {"name": block.get("name"), "arguments": json.dumps(initial) if initial else ""},
             }
             return _emit(state, {"tool_calls": [call]}, None)
-        case _:  # thinking, server tool blocks: not part of an OpenAI chat answer
+        case "thinking":  # requested with `thinking`: the reasoning is streamed as `reasoning_content`, as vLLM does
+            text = block.get("thinking") or ""
+            return _emit(state, {"reasoning_content": text}, None) if text else (state, [])
+        case _:  # redacted thinking, server tool blocks: not part of an OpenAI chat answer
             return state, []
 
 
@@ -316,7 +331,13 @@ def _block_delta(state: StreamState, event: Mapping[str, Any]) -> tuple[StreamSt
                 return state, []
             call = {"index": state.tool_blocks.index(index), "function": {"arguments": partial}}
             return _emit(state, {"tool_calls": [call]}, None)
-        case _:  # thinking_delta, signature_delta, citations_delta, unknown
+        case "thinking_delta":
+            text = delta.get("thinking") or ""
+            return _emit(state, {"reasoning_content": text}, None) if text else (state, [])
+        case "signature_delta":  # lets the Messages ingress hand the thinking block back whole (multi-turn)
+            signature = delta.get("signature") or ""
+            return _emit(state, {"reasoning_signature": signature}, None) if signature else (state, [])
+        case _:  # citations_delta, unknown
             return state, []
 
 

@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from serve_app.routing import CLOUD_ALIASES
+
 logger = logging.getLogger(__name__)
 
 Kind = Literal["counter", "gauge", "histogram"]
@@ -24,6 +26,7 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 
 BACKENDS = frozenset({"local", "cloud", "none"})
+REQUESTED = ("auto", "local", "cloud", "concrete")  # what the client asked for: an alias, or a concrete model id
 OUTCOMES = frozenset({"ok", "error", "cancelled"})
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation")
 DROP_SINKS = frozenset({"otlp", "langfuse", "span", "metrics", "observe"})
@@ -44,8 +47,8 @@ INSTRUMENTS: tuple[Instrument, ...] = (
     Instrument(
         "router_requests",
         "counter",
-        "Requests answered, by outcome.",
-        ("backend", "model", "route_reason", "outcome", "stream"),
+        "Requests answered, by outcome and by what the client asked for (`requested`).",
+        ("backend", "model", "route_reason", "outcome", "stream", "requested"),
     ),
     Instrument("router_fallbacks", "counter", "Requests retried on the other backend.", ("backend", "route_reason")),
     Instrument("router_tokens", "counter", "Tokens by exclusive bucket.", ("backend", "model", "token_type")),
@@ -178,6 +181,13 @@ class RouterMetrics:
         return backend if backend in BACKENDS else ("none" if backend is None else OTHER)
 
     @staticmethod
+    def requested(model: str | None) -> str:
+        """The `requested` label: the alias the client named (`claude` counts as `cloud`), else `concrete`."""
+        if model in CLOUD_ALIASES:
+            return "cloud"
+        return model if model in ("auto", "local") else "concrete"
+
+    @staticmethod
     def reason(reason: str | None) -> str:
         if reason is None:
             return "none"
@@ -190,6 +200,7 @@ class RouterMetrics:
         model: str | None,
         route_reason: str | None,
         outcome: str,
+        requested: str | None = None,
         stream: bool,
         duration_s: float,
         ttft_s: float | None,
@@ -201,7 +212,14 @@ class RouterMetrics:
         out = outcome if outcome in OUTCOMES else OTHER
         s = "true" if stream else "false"
         self._record(
-            "router_requests", 1, backend=b, model=m, route_reason=self.reason(route_reason), outcome=out, stream=s
+            "router_requests",
+            1,
+            backend=b,
+            model=m,
+            route_reason=self.reason(route_reason),
+            outcome=out,
+            stream=s,
+            requested=self.requested(requested),
         )
         self._record("router_request_duration_seconds", duration_s, backend=b, stream=s, outcome=out)
         if ttft_s is not None:

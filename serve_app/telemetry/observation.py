@@ -109,6 +109,20 @@ class Observation:
         if fallback:
             self._tel.metrics.fallback(backend=backend, route_reason=reason)
 
+    def request_params(self, *, dropped: tuple[str, ...], translated: tuple[str, ...]) -> None:
+        """Records the request fields the chosen backend will not get, and those it gets translated (names only)."""
+        try:
+            self._span.set_attributes(
+                {
+                    "llm.request.dropped_params": list(dropped),
+                    "llm.request.translated_params": list(translated),
+                    _LF + "metadata.dropped_params": json.dumps(list(dropped)),
+                    _LF + "metadata.translated_params": json.dumps(list(translated)),
+                }
+            )
+        except Exception:
+            self._tel.metrics.dropped_items("span")
+
     async def observe(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         """Yields every chunk of `chunks` untouched while accumulating usage, model, finish reasons and TTFT.
 
@@ -218,6 +232,7 @@ class Observation:
             model=self._model if self._backend else self._requested_model,
             route_reason=self._reason,
             outcome=outcome,
+            requested=self._requested_model,
             stream=self._stream,
             duration_s=now - self._started,
             ttft_s=ttft if self._stream else None,

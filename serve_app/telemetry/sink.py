@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
 from serve_app.config import RouterArgs
+from serve_app.routing import ALIASES
 from serve_app.telemetry.cost import RequestCost, request_cost
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
@@ -37,8 +38,6 @@ from serve_app.telemetry.tracing import (
 )
 
 logger = logging.getLogger(__name__)
-
-_ALIASES = ("auto", "local", "cloud")
 
 
 class Telemetry:
@@ -75,7 +74,7 @@ class Telemetry:
         self._prices = dict(args.pricing.models) if args.pricing else {}
         self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
         self._local_rate = local_rate
-        self._span_models = frozenset({args.local.model_id, *args.cloud.model_ids, *_ALIASES})
+        self._span_models = frozenset({args.local.model_id, *args.cloud.model_ids, *ALIASES})
         self._shutdown_timeout_s = shutdown_timeout_s
         self._shut = False
         atexit.register(self.shutdown)
@@ -99,7 +98,7 @@ class Telemetry:
         `local_rate` gives the local GPU's current USD per token (the model replica reports it); without it
         local requests have no cost."""
         env = os.environ if environ is None else environ
-        models = {args.local.model_id, *args.cloud.model_ids, *_ALIASES}
+        models = {args.local.model_id, *args.cloud.model_ids, *ALIASES}
         metrics = RouterMetrics(meter if meter is not None else RayMetricsSink(), models=models)
         owns = tracer_provider is None
         provider = tracer_provider or build_tracer_provider(args.telemetry, env)

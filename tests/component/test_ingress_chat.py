@@ -192,6 +192,7 @@ async def test_ingress_models_lists_aliases_and_concrete_ids(router, client):
         ("auto", "hybrid-llm"),
         ("local", "hybrid-llm"),
         ("cloud", "hybrid-llm"),
+        ("claude", "hybrid-llm"),
         ("local-model", "local"),
         ("claude-sonnet-4-6", "anthropic"),
         ("claude-haiku-4-5", "anthropic"),

@@ -238,7 +238,7 @@ async def test_ingress_cloud_without_a_key_is_503_and_auto_stays_local(make_rout
 async def test_ingress_explicit_local_while_the_model_loads_is_503_at_once(make_router):
     local = local_backend(ready=False, detail="no running replica (loading or restarting)")
     client = make_router(local=local).client()
-    response = await client.post("/v1/chat/completions", json=chat_body(model="local"))
+    response = await client.post("/v1/chat/completions", json=chat_body(model="local-model"))  # a strict pin
     error = assert_openai_error(response, 503)
     assert response.headers["retry-after"] == "5" and "not serving" in error["message"]
     assert local.calls == []  # never sent to a handle with no replica

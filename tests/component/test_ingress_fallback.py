@@ -84,7 +84,7 @@ async def test_fallback_not_for_a_rejected_request(router, client, local, cloud)
     assert cloud.calls == []
 
 
-@pytest.mark.parametrize(("model", "failing"), [("local", "local"), ("local-model", "local"), ("cloud", "cloud")])
+@pytest.mark.parametrize(("model", "failing"), [("local-model", "local"), ("cloud", "cloud"), ("claude", "cloud")])
 async def test_fallback_not_for_an_explicit_model(router, client, local, cloud, model, failing):
     (local if failing == "local" else cloud).script(down(failing))
     response = await client.post("/v1/chat/completions", json=chat_body(model=model))

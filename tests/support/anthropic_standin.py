@@ -21,6 +21,8 @@ tokens and reply words as output tokens. Markers in the last user message text p
     #scenario=slow             `token_delay_s` between deltas
     #scenario=stop_reason=<r>  end with that stop_reason
     #tokens=<n>                reply with n words instead of the default sentence
+
+A request with `thinking` enabled (`{"type": "enabled" | "adaptive", ...}`) gets a signed thinking block first.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+THINKING = "The user wants a word count."
+SIGNATURE = "EqQBCgIYAhIMstandinsignature"
 _MARKER = re.compile(r"#(scenario|tokens)=([\w=.:-]+)")
 _REMOVED_PARAMS = ("temperature", "top_p", "top_k")  # rejected by API version 2026-10-21
 _ERROR_TYPES = {
@@ -330,6 +334,7 @@ class _Reply:
     stop_sequence: str | None
     usage: dict[str, int]
     tool: dict[str, Any] | None
+    thinking: bool = False
 
     @staticmethod
     def build(body: dict[str, Any], scenarios: list[str], tokens: list[str] | None) -> _Reply:
@@ -360,13 +365,16 @@ class _Reply:
             usage.update(
                 input_tokens=prompt - read - created, cache_read_input_tokens=read, cache_creation_input_tokens=created
             )
-        return _Reply(words, stop_reason, stop_sequence, usage, tool)
+        thinking = isinstance(body.get("thinking"), dict) and body["thinking"].get("type") in ("enabled", "adaptive")
+        return _Reply(words, stop_reason, stop_sequence, usage, tool, thinking)
 
     def _pieces(self) -> list[str]:
         return [word + ("" if i == len(self.words) - 1 else " ") for i, word in enumerate(self.words)]
 
     def message(self, model: str, message_id: str) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": "".join(self._pieces())}] if self.words else []
+        if self.thinking:
+            content.insert(0, {"type": "thinking", "thinking": THINKING, "signature": SIGNATURE})
         if self.tool:
             content.append({"type": "tool_use", **self.tool})
         return {
@@ -386,6 +394,12 @@ class _Reply:
         yield "message_start", {"type": "message_start", "message": start}
         yield "ping", {"type": "ping"}
         index = 0
+        if self.thinking:
+            yield "content_block_start", _block_start(index, {"type": "thinking", "thinking": "", "signature": ""})
+            yield "content_block_delta", _delta(index, {"type": "thinking_delta", "thinking": THINKING})
+            yield "content_block_delta", _delta(index, {"type": "signature_delta", "signature": SIGNATURE})
+            yield "content_block_stop", {"type": "content_block_stop", "index": index}
+            index += 1
         if self.words:
             yield "content_block_start", _block_start(index, {"type": "text", "text": ""})
             for piece in self._pieces():

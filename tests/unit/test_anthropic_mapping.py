@@ -216,7 +216,7 @@ def test_to_anthropic_request_user_and_dropped_params():
     assert translated.params["metadata"] == {"user_id": "u-42"}
     for name in ("temperature", "top_p", "top_k", "seed", "presence_penalty"):
         assert name not in translated.params
-    assert translated.dropped == ("temperature", "top_p", "seed", "presence_penalty")
+    assert translated.dropped == ("presence_penalty", "seed", "temperature", "top_p")
     assert dropped_params(_request()) == ()
 
 
@@ -326,9 +326,13 @@ def test_translate_event_error_after_200_raises_mapped_error():
     assert not state.finished
 
 
-def test_translate_event_ignores_thinking_ping_and_unknown_events():
+def test_translate_event_thinking_becomes_reasoning_content_and_ignores_ping_and_unknown_events():
     state, chunks = _run(_events("thinking_and_unknown.sse"))
     assert _text(chunks) == "42"
+    deltas = [c["choices"][0]["delta"] for c in chunks if c["choices"]]
+    assert "".join(d.get("reasoning_content", "") for d in deltas) == "Let me think."
+    signatures = [d["reasoning_signature"] for d in deltas if "reasoning_signature" in d]
+    assert signatures == ["EqQBCgIYAhIM1gbcDa9GJwZA2b3hGgxBdjrkzLoky3dl1pkiMOYds"]
     assert state.finished and chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 

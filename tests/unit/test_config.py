@@ -110,6 +110,8 @@ def test_router_args_price_missing_for_the_default_cloud_model_rejected():
         ({"model_id": "auto"}, {}),
         ({"model_id": "local"}, {}),
         ({"model_id": "cloud"}, {}),
+        ({"model_id": "claude"}, {}),
+        ({}, {"extra_models": ["claude"]}),
         ({"model_id": "claude-sonnet-4-6"}, {}),
         ({}, {"extra_models": ["claude-haiku-4-5", "auto"]}),
         ({}, {"extra_models": ["local"]}),

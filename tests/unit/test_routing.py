@@ -51,18 +51,75 @@ def rule(name: str, backend: str, **match: Any) -> RoutingRule:
 # ---- explicit models --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("model", ["local", LOCAL])
-def test_decide_explicit_local_never_falls_back(model):
-    assert run(requested_model=model) == RouteDecision("local", LOCAL, "explicit_local")
-    # explicit means explicit: saturation does not move it (the model's own queue bound answers that)
-    assert run(requested_model=model, local_inflight=99).backend == "local"
+STRICT = RoutingPolicy(default_local_output_tokens=100, local_pin="strict")
 
 
-@pytest.mark.parametrize("model", ["local", LOCAL])
-def test_decide_explicit_local_not_ready_is_503_at_once_never_the_cloud(model):
+def test_decide_local_pin_defaults_to_fallback():
+    assert RoutingPolicy().local_pin == "fallback"
+
+
+def test_decide_local_alias_goes_local_and_may_fall_back_after_a_failure():
+    decision = run(requested_model="local")
+    assert decision == RouteDecision("local", LOCAL, "explicit_local", "cloud", SONNET)
+    assert decision.after_failure() == RouteDecision("cloud", SONNET, "fallback_local_error")
+
+
+def test_decide_local_alias_without_retry_when_policy_disables_it():
+    no_retry = RoutingPolicy(default_local_output_tokens=100, fallback=False)
+    assert run(no_retry, requested_model="local") == RouteDecision("local", LOCAL, "explicit_local")
+    # the pin fallback is a decision, not a retry: `fallback: false` leaves it on
+    assert run(no_retry, requested_model="local", local_ready=False).reason == "fallback_local_not_ready"
+
+
+def test_decide_local_alias_not_ready_is_answered_by_the_cloud():
+    decision = run(requested_model="local", local_ready=False)
+    assert decision == RouteDecision("cloud", SONNET, "fallback_local_not_ready")
+    assert not decision.is_retry
+
+
+def test_decide_local_alias_saturated_is_answered_by_the_cloud_at_the_threshold():
+    assert run(requested_model="local", local_inflight=7).backend == "local"
+    decision = run(requested_model="local", local_inflight=8)
+    assert decision == RouteDecision("cloud", SONNET, "fallback_local_saturated")
+    assert not decision.is_retry
+
+
+def test_decide_local_alias_not_ready_without_a_ready_cloud_is_503():
+    for overrides in ({"cloud_ready": False}, {"cloud_model_ids": (), "cloud_ready": False}):
+        with pytest.raises(NoBackendAvailable, match="local model is not serving") as info:
+            run(requested_model="local", local_ready=False, **overrides)
+        assert info.value.status_code == 503 and info.value.retry_after == 5
+
+
+def test_decide_local_alias_saturated_without_a_ready_cloud_stays_local():
+    decision = run(requested_model="local", local_inflight=99, cloud_ready=False)
+    assert decision == RouteDecision("local", LOCAL, "explicit_local")
+
+
+@pytest.mark.parametrize("policy", [STRICT, POLICY])
+def test_decide_strict_pin_never_moves(policy):
+    """`local` under `local_pin: strict`, and the concrete local model id under any policy."""
+    model = "local" if policy is STRICT else LOCAL
+    assert run(policy, requested_model=model) == RouteDecision("local", LOCAL, "explicit_local")
+    # saturation does not move it (the model's own queue bound answers that)
+    assert run(policy, requested_model=model, local_inflight=99) == RouteDecision("local", LOCAL, "explicit_local")
+
+
+@pytest.mark.parametrize("policy", [STRICT, POLICY])
+def test_decide_strict_pin_not_ready_is_503_at_once_never_the_cloud(policy):
+    model = "local" if policy is STRICT else LOCAL
     with pytest.raises(NoBackendAvailable, match="local model is not serving") as info:
-        run(requested_model=model, local_ready=False)
+        run(policy, requested_model=model, local_ready=False)
     assert info.value.status_code == 503 and info.value.retry_after == 5
+
+
+@pytest.mark.parametrize("alias", ["cloud", "claude"])
+def test_decide_claude_is_an_alias_of_cloud(alias):
+    assert run(requested_model=alias) == RouteDecision("cloud", SONNET, "explicit_cloud")
+    with pytest.raises(NoBackendAvailable):
+        run(requested_model=alias, cloud_ready=False)
+    with pytest.raises(ModelNotFound, match="cloud backend is disabled"):
+        run(requested_model=alias, cloud_model_ids=(), cloud_ready=False)
 
 
 def test_decide_cloud_alias_uses_the_default_cloud_model():
@@ -95,8 +152,11 @@ def test_decide_unknown_model_lists_the_known_ones():
     with pytest.raises(ModelNotFound) as info:
         run(requested_model="gpt-4o")
     assert info.value.param == "model" and info.value.code == "model_not_found"
-    for known in ("auto", "local", "cloud", LOCAL, SONNET, HAIKU):
+    for known in ("auto", "local", "cloud", "claude", LOCAL, SONNET, HAIKU):
         assert known in info.value.message
+    with pytest.raises(ModelNotFound) as info:
+        run(requested_model="gpt-4o", cloud_model_ids=(), cloud_ready=False)
+    assert "claude" not in info.value.message and "cloud" not in info.value.message
 
 
 # ---- auto: built-in preferences ---------------------------------------------------------------------------------
@@ -260,6 +320,11 @@ def test_decide_rule_matching(match, overrides, matched):
 # ---- after_failure ----------------------------------------------------------------------------------------------
 
 
+def test_after_failure_decisions_are_retries():
+    assert run().after_failure().is_retry
+    assert run(requested_model="cloud", cloud_ready=True, policy=POLICY).is_retry is False
+
+
 def test_after_failure_local_to_cloud():
     fallback = run().after_failure()
     assert fallback == RouteDecision("cloud", SONNET, "fallback_local_error")
@@ -285,6 +350,8 @@ def test_route_reason_values_are_the_documented_closed_set():
         "explicit_cloud",
         "fallback_local_error",
         "fallback_cloud_error",
+        "fallback_local_not_ready",
+        "fallback_local_saturated",
     }
     assert all(r.value == r.value.lower() and " " not in r.value for r in RouteReason)
 

@@ -417,7 +417,21 @@ async def test_observation_closed_label_values() -> None:
     obs = begin(telemetry, requested_model="some-unknown-model-id-from-a-client")
     obs.routed(backend="cloud", provider="anthropic", model="claude-made-up", reason="Weird Reason!", fallback=False)
     obs.finish(outcome="ok")
-    assert sink.counter("router_requests", model="other", route_reason="other") == 1
+    assert sink.counter("router_requests", model="other", route_reason="other", requested="concrete") == 1
+
+
+@pytest.mark.parametrize(
+    ("requested", "label"),
+    [("auto", "auto"), ("local", "local"), ("cloud", "cloud"), ("claude", "cloud"), ("local-model", "concrete")],
+)
+async def test_observation_requested_label_is_the_alias_or_concrete(requested, label) -> None:
+    telemetry, _, sink, _ = make()
+    obs = begin(telemetry, requested_model=requested)
+    obs.routed(
+        backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
+    )
+    obs.finish(outcome="ok")
+    assert sink.counter("router_requests", requested=label) == 1
 
 
 async def test_trace_headers_continue_the_request_span() -> None:
