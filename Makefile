@@ -20,7 +20,7 @@ export HF_HUB_OFFLINE ?= 1
 # actor (docs/benchmarks.md). Set to 0 to use the default proxy.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
-.PHONY: install system-deps serve stop status test lint test-fast bench rayservice check-rayservice deploy teardown verify clean
+.PHONY: install system-deps serve stop status test lint test-fast bench simulate rayservice check-rayservice deploy teardown verify clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -44,7 +44,9 @@ serve: install
 	@mkdir -p $(STATE)
 	@[ -s $(STATE)/dev-api-key ] || $(PY) -c "import secrets; print('sk-local-' + secrets.token_urlsafe(24))" > $(STATE)/dev-api-key
 	@chmod 600 $(STATE)/dev-api-key
-	@if $(BIN)/ray status >/dev/null 2>&1; then \
+	@# Offline mode: without ANTHROPIC_API_KEY the cloud is the project's Anthropic stand-in (docs/simulate.md).
+	@eval "$$($(PY) -m serve_app.sim.offline env --state $(STATE))"; \
+	if $(BIN)/ray status >/dev/null 2>&1; then \
 	  echo "Ray is already running: replicas keep the environment it started with; run 'make stop' first for a" \
 	    "changed LOCAL_MODEL, ANTHROPIC_API_KEY or HYBRID_LLM_API_KEYS to take effect."; \
 	else HYBRID_LLM_API_KEYS="$${HYBRID_LLM_API_KEYS:-$$(cat $(STATE)/dev-api-key)}" \
@@ -61,6 +63,14 @@ status:
 stop:
 	-$(BIN)/serve shutdown -y
 	-$(BIN)/ray stop
+	-@$(PY) -m serve_app.sim.offline stop --state $(STATE)
+
+# Traffic simulation against `make serve`: the mixed workload for 60 s, a report in reports/<run id>/.
+# Options go in SIM_ARGS, e.g. make simulate SIM_ARGS="--workload short_chat --rate 5 --fault kill_model@20s".
+SIM_ARGS ?=
+simulate: install
+	$(PY) -m serve_app.sim --base-url http://127.0.0.1:$(PORT) --metrics-url http://127.0.0.1:$(METRICS_PORT)/metrics \
+	  --dashboard-url http://127.0.0.1:$(DASHBOARD_PORT) $(SIM_ARGS)
 
 lint: install
 	$(BIN)/ruff check serve_app tests bench cluster kuberay observability

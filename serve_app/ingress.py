@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -51,10 +52,12 @@ def create_app(
     max_request_bytes: int,
     request_id_of: Callable[[Request], str] | None = None,
     echo_request_id: bool = True,
+    cloud_standin: bool = False,
 ) -> FastAPI:
     """The router's FastAPI app over `service`; usable without Ray (component tests).
 
-    `echo_request_id=False` under Serve: its proxy already returns X-Request-Id (the same id).
+    `echo_request_id=False` under Serve: its proxy already returns X-Request-Id (the same id). `cloud_standin`:
+    the cloud backend talks to the project's Anthropic stand-in (offline mode), which /readyz says.
     """
     app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None)
     request_id_of = request_id_of or _header_request_id
@@ -88,6 +91,9 @@ def create_app(
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         report = service.readiness()
+        if cloud_standin and "cloud" in report["backends"]:
+            report["backends"]["cloud"]["standin"] = True
+            report["cloud_standin"] = "offline mode: the cloud backend is the project's Anthropic stand-in, not Claude"
         return JSONResponse(report, status_code=200 if report["ready"] else 503)
 
     @app.get("/v1/models")
@@ -135,6 +141,8 @@ def create_app(
             events = _anthropic_events(stream, message_id=message_id, model=model)
             return _ChatStreamResponse(stream, events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
         chunks = [chunk async for chunk in stream.chunks()]
+        if stream.observation.cost_usd is not None:
+            headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
     return app
@@ -328,6 +336,7 @@ class RouterDeployment:
             max_request_bytes=self._args.max_request_bytes,
             request_id_of=_serve_request_id,
             echo_request_id=False,
+            cloud_standin=os.environ.get("HYBRID_LLM_CLOUD_STANDIN") == "1",
         )
 
     async def _refresh_readiness(self) -> None:

@@ -294,6 +294,13 @@ async def test_anthropic_cloud_non_stream(anthropic_router, standin):
     assert standin.requests[-1].body["model"] == SONNET
 
 
+async def test_anthropic_messages_non_stream_reports_its_cost(anthropic_router):
+    body = {"model": "cloud", "max_tokens": 32, "messages": [{"role": "user", "content": "one two three"}]}
+    response = await anthropic_router.client().post("/v1/messages", json=body)
+    assert response.status_code == 200
+    assert float(response.headers["x-router-cost-usd"]) == pytest.approx((3 * 3.0 + 4 * 15.0) / 1e6)
+
+
 async def test_anthropic_cloud_stream_with_the_openai_sdk(anthropic_router):
     stream = await anthropic_router.openai().chat.completions.create(
         model="cloud",
