@@ -26,6 +26,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", default="60s", help="Run length, e.g. 90s or 2m (default: 60s).")
     p.add_argument("--requests", type=int, default=None, help="Stop after this many requests instead.")
     p.add_argument("--concurrency", type=int, default=32, help="Most requests in flight at once (default: 32).")
+    p.add_argument(
+        "--client",
+        choices=["sdk", "http"],
+        default="sdk",
+        help="sdk: the openai and anthropic SDKs (default); http: the same wire requests on one aiohttp "
+        "session, for rates beyond what the SDKs can send from one process.",
+    )
     p.add_argument("--seed", type=int, default=0, help="Same seed, same request sequence and schedule.")
     p.add_argument(
         "--fault",
@@ -92,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
             duration_s=duration,
             count=args.requests,
             concurrency=max(1, args.concurrency),
+            client=args.client,
             faults=faults.timeline(args.fault, duration=duration),
             target=actions.Target(
                 platform=args.platform,

@@ -7,6 +7,8 @@ the client-side view that the run's summary compares with the router's Prometheu
 
 from __future__ import annotations
 
+import contextlib
+import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -54,7 +56,9 @@ class Clients:
 
 
 @dataclass
-class _Result:
+class Result:
+    """What came back for one request, filled in as it arrives (by either client)."""
+
     headers: Any = None
     status: int = 0
     outcome: str = "ok"
@@ -68,10 +72,12 @@ class _Result:
     ttft: float | None = None
 
 
-async def send(clients: Clients, request: PlannedRequest) -> RequestRecord:
+async def send(clients: Any, request: PlannedRequest) -> RequestRecord:
     """Sends `request` and returns its record; never raises for an HTTP or connection error (it is recorded)."""
+    if not isinstance(clients, Clients):
+        return await clients.send(request)  # serve_app.sim.wire.WireClients
     start_wall, start = time.time(), time.perf_counter()
-    result = _Result()
+    result = Result()
     try:
         if request.api == "anthropic":
             await _anthropic(clients.anthropic, request, result, start)
@@ -79,14 +85,21 @@ async def send(clients: Clients, request: PlannedRequest) -> RequestRecord:
             await _openai(clients.openai, request, result, start)
     except (openai.APIStatusError, anthropic.APIStatusError) as exc:
         result.headers, result.status, result.outcome = exc.response.headers, exc.status_code, "error"
-        result.error_type = _error_type(exc.body) or type(exc).__name__
+        result.error_type = error_type(exc.body) or type(exc).__name__
     except (openai.APIError, anthropic.APIError) as exc:
         # In-band error after the first byte (status stays 200), or no response at all (status 0).
         result.outcome = "error"
-        result.error_type = _error_type(getattr(exc, "body", None)) or type(exc).__name__
-    latency = time.perf_counter() - start
+        result.error_type = error_type(getattr(exc, "body", None)) or type(exc).__name__
+    return to_record(request, result, start_wall, time.perf_counter() - start)
+
+
+def to_record(request: PlannedRequest, result: Result, start_wall: float, latency: float) -> RequestRecord:
     headers = result.headers or {}
     reason = headers.get("x-router-reason")
+    if headers.get("x-router-usage") and not (result.input_tokens or result.output_tokens):
+        # An answer that failed after its first chunk: the usage the router billed for it.
+        with contextlib.suppress(ValueError):
+            openai_usage(json.loads(headers["x-router-usage"]), result)
     if result.cost is None and headers.get("x-router-cost-usd"):
         result.cost = float(headers["x-router-cost-usd"])
     return RequestRecord(
@@ -120,14 +133,14 @@ async def send(clients: Clients, request: PlannedRequest) -> RequestRecord:
     )
 
 
-async def _openai(client: openai.AsyncOpenAI, request: PlannedRequest, result: _Result, start: float) -> None:
+async def _openai(client: openai.AsyncOpenAI, request: PlannedRequest, result: Result, start: float) -> None:
     kwargs: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, **request.body}
     if not request.stream:
         raw = await client.chat.completions.with_raw_response.create(**kwargs)
         result.headers, result.status = raw.headers, raw.status_code
         body = raw.http_response.json()
         result.model = body.get("model")
-        _openai_usage(body.get("usage"), result)
+        openai_usage(body.get("usage"), result)
         return
     kwargs |= {"stream": True, "stream_options": {"include_usage": True}}
     raw = await client.chat.completions.with_raw_response.create(**kwargs)
@@ -139,7 +152,7 @@ async def _openai(client: openai.AsyncOpenAI, request: PlannedRequest, result: _
             if result.ttft is None and any(_has_content(choice.delta) for choice in chunk.choices):
                 result.ttft = time.perf_counter() - start
             if chunk.usage is not None:
-                _openai_usage(chunk.usage.model_dump(), result)
+                openai_usage(chunk.usage.model_dump(), result)
     finally:
         await stream.close()
 
@@ -148,7 +161,7 @@ def _has_content(delta: Any) -> bool:
     return bool(delta is not None and (delta.content or delta.tool_calls))
 
 
-def _openai_usage(usage: dict[str, Any] | None, result: _Result) -> None:
+def openai_usage(usage: dict[str, Any] | None, result: Result) -> None:
     if not usage:
         return
     details = usage.get("prompt_tokens_details") or {}
@@ -160,14 +173,14 @@ def _openai_usage(usage: dict[str, Any] | None, result: _Result) -> None:
         result.cost = float(usage["cost_usd"])
 
 
-async def _anthropic(client: anthropic.AsyncAnthropic, request: PlannedRequest, result: _Result, start: float) -> None:
+async def _anthropic(client: anthropic.AsyncAnthropic, request: PlannedRequest, result: Result, start: float) -> None:
     kwargs: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens, **request.body}
     if not request.stream:
         raw = await client.messages.with_raw_response.create(**kwargs)
         result.headers, result.status = raw.headers, raw.status_code
         body = await raw.json()
         result.model = body.get("model")
-        _anthropic_usage(body.get("usage"), result)
+        anthropic_usage(body.get("usage"), result)
         return
     raw = await client.messages.with_raw_response.create(stream=True, **kwargs)
     result.headers, result.status = raw.headers, raw.status_code
@@ -176,25 +189,33 @@ async def _anthropic(client: anthropic.AsyncAnthropic, request: PlannedRequest, 
         async for event in stream:
             if event.type == "message_start":
                 result.model = event.message.model
-                _anthropic_usage(event.message.usage.model_dump(), result)
+                anthropic_usage(event.message.usage.model_dump(), result)
             elif event.type == "content_block_delta" and result.ttft is None:
                 result.ttft = time.perf_counter() - start
-            elif event.type == "message_delta":
-                result.output_tokens = int(event.usage.output_tokens or 0)
+            elif event.type == "message_delta":  # the final usage; before an in-band error, what was billed
+                anthropic_usage(event.usage.model_dump(exclude_none=True), result, partial=True)
     finally:
         await stream.close()
 
 
-def _anthropic_usage(usage: dict[str, Any] | None, result: _Result) -> None:
+def anthropic_usage(usage: dict[str, Any] | None, result: Result, *, partial: bool = False) -> None:
+    """Anthropic usage into the result; `partial` (message_delta): only the counts it carries replace ours."""
     if not usage:
         return
-    result.input_tokens = int(usage.get("input_tokens") or 0)
-    result.output_tokens = int(usage.get("output_tokens") or 0)
-    result.cache_read = int(usage.get("cache_read_input_tokens") or 0)
-    result.cache_creation = int(usage.get("cache_creation_input_tokens") or 0)
+    for key, attr in _ANTHROPIC_USAGE:
+        if usage.get(key) is not None or not partial:
+            setattr(result, attr, int(usage.get(key) or 0))
 
 
-def _error_type(body: Any) -> str | None:
+_ANTHROPIC_USAGE = (
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cache_read_input_tokens", "cache_read"),
+    ("cache_creation_input_tokens", "cache_creation"),
+)
+
+
+def error_type(body: Any) -> str | None:
     if isinstance(body, dict):
         error = body.get("error", body)
         if isinstance(error, dict):

@@ -27,6 +27,7 @@ from serve_app.sim.client import Clients, send
 from serve_app.sim.faults import FaultEvent
 from serve_app.sim.progress import Progress
 from serve_app.sim.prompts import PlannedRequest, plan
+from serve_app.sim.wire import WireClients
 from serve_app.sim.workload import Mix
 
 _SATURATION_PROMPT = "Write a long, detailed story about a lighthouse keeper and a storm. " * 6
@@ -52,6 +53,13 @@ class RunConfig:
     progress: bool = True
     report: bool = True
     request_timeout_s: float = 180.0
+    client: str = "sdk"  # sdk: the openai and anthropic SDKs; http: serve_app.sim.wire (the same wire, less CPU)
+
+
+def make_clients(config: RunConfig) -> Any:
+    if config.client == "http":
+        return WireClients(config.base_url, config.api_key, timeout_s=config.request_timeout_s)
+    return Clients.create(config.base_url, config.api_key, timeout_s=config.request_timeout_s)
 
 
 def planned_requests(mix: Mix, seed: int) -> Any:
@@ -68,7 +76,7 @@ async def run(config: RunConfig) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     readiness = _get_json(f"{config.base_url.rstrip('/')}/readyz")
     before = _scrape(config.metrics_url)
-    clients = Clients.create(config.base_url, config.api_key, timeout_s=config.request_timeout_s)
+    clients = make_clients(config)
     records: list[RequestRecord] = []
     events: list[dict[str, Any]] = []
     progress = Progress(
@@ -122,6 +130,9 @@ async def run(config: RunConfig) -> Path:
             if semaphore.locked():
                 late += 1
             await semaphore.acquire()
+            if config.duration_s is not None and time.perf_counter() - t0 >= config.duration_s:
+                semaphore.release()  # the run's time is up: what the cap held back is not sent (counted as late)
+                break
             spawn(next(requests))
         await asyncio.gather(*fault_tasks)
         while tasks:
@@ -144,6 +155,7 @@ async def run(config: RunConfig) -> Path:
         "seed": config.seed,
         "arrival": {"kind": config.arrival.kind, "rate": config.arrival.rate, **config.arrival.params},
         "concurrency_cap": config.concurrency,
+        "client": config.client,
         "late_sends": late,
         "faults": [str(e) for e in config.faults],
         "target": config.base_url,
@@ -167,7 +179,7 @@ async def _saturate(event: FaultEvent, config: RunConfig, done: Callable[[Reques
     request = PlannedRequest("fault:saturate_local", "openai", True, "local", 256, body, len(_SATURATION_PROMPT))
     sent = 0
     in_flight: set[asyncio.Task[RequestRecord]] = set()
-    clients = Clients.create(config.base_url, config.api_key, timeout_s=config.request_timeout_s)
+    clients = make_clients(config)
     try:
         while time.perf_counter() < t0 + event.end_s:
             while len(in_flight) < config.saturate_concurrency:

@@ -62,10 +62,13 @@ def test_simulation_faults_were_carried_out(simulated):
 def test_simulation_totals_equal_the_routers_prometheus_counters(simulated):
     _, records, totals, _ = simulated
     prometheus = totals["prometheus"]
-    assert prometheus["counts_and_tokens_agree"], prometheus
+    detail = json.dumps({k: prometheus[k] for k in ("client", "router", "difference")}) + json.dumps(
+        totals["by_reason"]
+    )
+    assert prometheus["counts_and_tokens_agree"], detail
     for key, difference in prometheus["difference"].items():
         if key.startswith(("requests", "tokens")):
-            assert difference == 0, (key, prometheus)
+            assert difference == 0, (key, detail)
     assert prometheus["router"]["requests"] == len(records) == totals["requests"]
 
 
