@@ -2,8 +2,9 @@
 
 The generator runs exactly as a user runs it (workload sampling, prompt building, one record per request,
 uvloop), with each client: `--client sdk` (the real anthropic SDK on aiohttp, the default) and `--client http`
-(serve_app.sim.wire: the same wire requests on one aiohttp session), open loop at a rate far above what it can send, capped at
-`--concurrency` requests in flight, against the aiohttp Anthropic stand-in in its own process. The floor, in the
+(serve_app.sim.wire: the same wire requests on one aiohttp session), open loop at a rate far above what it can
+send, capped at `--concurrency` requests in flight, against the aiohttp Anthropic stand-in in its own process.
+The floor, in the
 same run and alternating with it: `wrk` (C, one thread) against the same stand-in with the same request, i.e.
 what the stand-in serves on this machine when the client costs almost nothing. Reported: the generator's req/s,
 its CPU per request, and the ratio generator / wrk. The stdlib stand-in's wrk figure says why make serve runs
@@ -62,7 +63,8 @@ def generator(url: str, workdir: Path, *, client: str, seconds: float, concurren
         sys.executable, "-m", "serve_app.sim", "--base-url", url, "--workload", str(workload),
         "--arrival", "constant", "--rate", "20000", "--duration", f"{seconds:g}s", "--concurrency", str(concurrency),
         "--client", client,
-        "--metrics-url", "", "--no-progress", "--no-report", "--reports-dir", str(workdir), "--run-id", f"{client}{run}",
+        "--metrics-url", "", "--no-progress", "--no-report", "--reports-dir", str(workdir),
+        "--run-id", f"{client}{run}",
     ]  # fmt: skip
     env = {**os.environ, "HYBRID_LLM_API_KEY": "sk-bench"}
     child = common.spawn(args, env=env, log_name=f"sim-generator-{client}-{run}")
