@@ -44,8 +44,8 @@ async def served(make_router: MakeRouter) -> AsyncIterator[tuple[Router, str]]:
         uvicorn.Config(router.app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )
     task = asyncio.create_task(server.serve())
-    while not server.started:  # uvicorn exposes no start event
-        await asyncio.sleep(0.01)  # noqa: ASYNC110
+    while not server.started:  # noqa: ASYNC110 (uvicorn exposes no start event)
+        await asyncio.sleep(0.01)
     yield router, f"http://127.0.0.1:{port}"
     server.should_exit = True
     await task
