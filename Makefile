@@ -22,7 +22,7 @@ export HYBRID_LLM_CACHE_DIR ?= $(CURDIR)/$(STATE)
 # actor (docs/benchmarks.md). Set to 0 to use the default proxy.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 
-.PHONY: install system-deps serve stop status test lint test-fast fuzz bench rayservice check-rayservice deploy teardown verify clean
+.PHONY: install system-deps serve stop status test lint test-fast fuzz bench simulate rayservice check-rayservice deploy teardown verify clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -48,7 +48,9 @@ serve: install
 	@chmod 600 $(STATE)/dev-api-key
 	@# The default local model (LOCAL_MODEL unset): SmolLM2-135M-Instruct, downloaded and converted once.
 	@[ -n "$${LOCAL_MODEL:-}" ] || $(PY) -m serve_app.default_model
-	@if $(BIN)/ray status >/dev/null 2>&1; then \
+	@# Offline mode: without ANTHROPIC_API_KEY the cloud is the project's Anthropic stand-in (docs/simulate.md).
+	@eval "$$($(PY) -m serve_app.sim.offline env --state $(STATE))"; \
+	if $(BIN)/ray status >/dev/null 2>&1; then \
 	  echo "Ray is already running: replicas keep the environment it started with; run 'make stop' first for a" \
 	    "changed LOCAL_MODEL, ANTHROPIC_API_KEY or HYBRID_LLM_API_KEYS to take effect."; \
 	else HYBRID_LLM_API_KEYS="$${HYBRID_LLM_API_KEYS:-$$(cat $(STATE)/dev-api-key)}" \
@@ -65,6 +67,14 @@ status:
 stop:
 	-$(BIN)/serve shutdown -y
 	-$(BIN)/ray stop
+	-@$(PY) -m serve_app.sim.offline stop --state $(STATE)
+
+# Traffic simulation against `make serve`: the mixed workload for 60 s, a report in reports/<run id>/.
+# Options go in SIM_ARGS, e.g. make simulate SIM_ARGS="--workload short_chat --rate 5 --fault kill_model@20s".
+SIM_ARGS ?=
+simulate: install
+	$(PY) -m serve_app.sim --base-url http://127.0.0.1:$(PORT) --metrics-url http://127.0.0.1:$(METRICS_PORT)/metrics \
+	  --dashboard-url http://127.0.0.1:$(DASHBOARD_PORT) $(SIM_ARGS)
 
 lint: install
 	$(BIN)/ruff check serve_app tests bench cluster kuberay observability

@@ -13,6 +13,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+_STANDIN = "OFFLINE MODE: the cloud backend is the project's Anthropic stand-in (scripted answers, not Claude)"
 _NO_CLOUD = "cloud backend not configured: export ANTHROPIC_API_KEY before `make serve` to enable it"
 
 
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"""
 hybrid-llm is serving on {base}  (backends: {json.dumps(report["backends"])})
-{"" if cloud.get("ready") else _NO_CLOUD}
+{_STANDIN if cloud.get("standin") else "" if cloud.get("ready") else _NO_CLOUD}
 
   API key (HYBRID_LLM_API_KEYS of this cluster): {key}
 

@@ -8,8 +8,10 @@ a real status; after it the stream ends with an in-band error event and `[DONE]`
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import re
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
@@ -28,7 +30,7 @@ from serve_app.auth import ApiKeys
 from serve_app.backends.local import LocalBackend
 from serve_app.chat import ChatService, ChatStream
 from serve_app.config import RouterArgs
-from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, error_body, error_headers
+from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, UpstreamError, error_body, error_headers
 from serve_app.messages_api import (
     MESSAGES_REQUEST_SCHEMA,
     error_event,
@@ -37,6 +39,7 @@ from serve_app.messages_api import (
     message_from_chunks,
     new_event_state,
     to_chat_request,
+    usage_event,
 )
 from serve_app.protocol import ChatCompletionRequest, OpenAIBaseModel
 from serve_app.sse import DONE, encode_data, encode_event
@@ -55,10 +58,12 @@ def create_app(
     max_request_bytes: int,
     request_id_of: Callable[[Request], str] | None = None,
     echo_request_id: bool = True,
+    cloud_standin: bool = False,
 ) -> FastAPI:
     """The router's FastAPI app over `service`; usable without Ray (component tests).
 
-    `echo_request_id=False` under Serve: its proxy already returns X-Request-Id (the same id).
+    `echo_request_id=False` under Serve: its proxy already returns X-Request-Id (the same id). `cloud_standin`:
+    the cloud backend talks to the project's Anthropic stand-in (offline mode), which /readyz says.
     """
     # The schema is served below, behind a key: it maps the attack surface.
     app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None, openapi_url=None)
@@ -66,6 +71,9 @@ def create_app(
 
     def _error_response(exc: RouterError, request: Request) -> JSONResponse:
         headers = error_headers(exc) | (_id_header(request) if echo_request_id else {})
+        if isinstance(exc, UpstreamError):  # the backend that failed, as the request's metrics label it
+            headers["X-Router-Backend"] = exc.backend
+        headers.update(getattr(exc, "billing_headers", None) or {})
         # The Anthropic-compatible route answers in Anthropic's error format, everything else in OpenAI's.
         body = error_event(exc) if request.url.path == MESSAGES_PATH else error_body(exc)
         return JSONResponse(body, status_code=exc.status_code, headers=headers)
@@ -95,10 +103,18 @@ def create_app(
         """Readiness, per backend; probes carry no key, so without one only the ready flags (no detail text or
         in-flight counts)."""
         report = service.readiness()
+        if cloud_standin and "cloud" in report["backends"]:
+            report["backends"]["cloud"]["standin"] = True
+            report["cloud_standin"] = "offline mode: the cloud backend is the project's Anthropic stand-in, not Claude"
         status = 200 if report["ready"] else 503
         if not keys.allows(_presented_key(request)):
-            flags = {name: {"ready": backend["ready"]} for name, backend in report["backends"].items()}
-            report = {"ready": report["ready"], "backends": flags}
+            flags = {
+                name: {key: value for key, value in backend.items() if key in ("ready", "standin")}
+                for name, backend in report["backends"].items()
+            }
+            report = {key: value for key, value in report.items() if key in ("ready", "cloud_standin")} | {
+                "backends": flags
+            }
         return JSONResponse(report, status_code=status)
 
     @app.get("/openapi.json", include_in_schema=False)
@@ -125,8 +141,9 @@ def create_app(
                 stream, _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
             )
         assembler = ChatAssembler()
-        async for chunk in stream.chunks():
-            assembler.add(chunk)
+        async with _billed_on_error(stream):
+            async for chunk in stream.chunks():
+                assembler.add(chunk)
         body = assembler.completion(usage=_client_usage(stream))
         if stream.observation.cost_usd is not None:
             headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
@@ -148,7 +165,10 @@ def create_app(
         if chat_request.stream:
             events = _anthropic_events(stream, message_id=message_id, model=model)
             return _ChatStreamResponse(stream, events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
-        chunks = [chunk async for chunk in stream.chunks()]
+        async with _billed_on_error(stream):
+            chunks = [chunk async for chunk in stream.chunks()]
+        if stream.observation.cost_usd is not None:
+            headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
     app.openapi = lambda: _with_request_schemas(app)  # type: ignore[method-assign]
@@ -288,13 +308,46 @@ async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> Async
                 )
             )
     except RouterError as exc:
+        if chat_request.wants_usage:
+            yield _billed_usage_chunk(stream, first)
         yield encode_data(error_body(exc))
     except Exception:
         logger.exception("stream failed after the first byte")
+        if chat_request.wants_usage:
+            yield _billed_usage_chunk(stream, first)
         yield encode_data(error_body(RouterError("internal error in the router")))
     finally:
         await chunks.aclose()
     yield DONE
+
+
+@contextlib.asynccontextmanager
+async def _billed_on_error(stream: ChatStream) -> AsyncIterator[None]:
+    """A non-stream answer that failed after its first chunk: the error response says what the router billed for
+    the part that was generated (X-Router-Usage, X-Router-Cost-USD), so a client's totals can match the router's."""
+    try:
+        yield
+    except RouterError as exc:
+        usage = stream.observation.usage
+        if usage.total_tokens:
+            exc.billing_headers = {  # type: ignore[attr-defined]
+                "X-Router-Usage": json.dumps(usage.to_openai(), separators=(",", ":")),
+                **({} if (cost := stream.observation.cost_usd) is None else {"X-Router-Cost-USD": f"{cost:.9f}"}),
+            }
+        raise
+
+
+def _billed_usage_chunk(stream: ChatStream, first: dict[str, Any]) -> bytes:
+    """Before an in-band error: the usage the router billed for what was streamed (the observation has ended, so
+    this is what its metrics and generation count), so a client's totals can still match the router's."""
+    model = str(first.get("model") or stream.decision.model)
+    chunk = usage_chunk(
+        chunk_id=str(first.get("id", "")),
+        created=int(first.get("created") or 0),
+        model=model,
+        usage=_client_usage(stream),
+    )
+    return encode_data(chunk)
 
 
 async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) -> AsyncIterator[bytes]:
@@ -309,9 +362,11 @@ async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) 
         for event in events:
             yield encode_event(event["type"], event)
     except RouterError as exc:
+        yield encode_event("message_delta", usage_event(stream.observation.usage))  # what was billed, as above
         yield encode_event("error", error_event(exc))
     except Exception:
         logger.exception("messages stream failed after the first byte")
+        yield encode_event("message_delta", usage_event(stream.observation.usage))
         yield encode_event("error", error_event(RouterError("internal error in the router")))
     finally:
         await chunks.aclose()
@@ -417,6 +472,7 @@ class RouterDeployment:
             max_request_bytes=self._args.max_request_bytes,
             request_id_of=_serve_request_id,
             echo_request_id=False,
+            cloud_standin=os.environ.get("HYBRID_LLM_CLOUD_STANDIN") == "1",
         )
 
     async def _refresh_readiness(self) -> None:

@@ -315,6 +315,15 @@ def finish_events(state: EventState) -> tuple[EventState, list[dict[str, Any]]]:
     return state, events
 
 
+def usage_event(usage: Usage) -> dict[str, Any]:
+    """A `message_delta` with the usage billed so far and no stop reason (sent before an in-band error)."""
+    return {
+        "type": "message_delta",
+        "delta": {"stop_reason": None, "stop_sequence": None},
+        "usage": _anthropic_usage(usage),
+    }
+
+
 def error_event(exc: RouterError) -> dict[str, Any]:
     """The in-band `error` event for a failure after the stream started (also the JSON error body)."""
     return {"type": "error", "error": {"type": error_type(exc), "message": exc.message}}

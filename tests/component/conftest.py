@@ -67,6 +67,7 @@ def build_router(
     cloud: Backend | bool | None = True,
     args: RouterArgs | None = None,
     keys: ApiKeys | None = None,
+    cloud_standin: bool = False,
 ) -> Router:
     """`cloud=True`: a ready FakeBackend; `cloud=None`: no cloud backend; else the given backend."""
     args = args or router_args()
@@ -82,7 +83,7 @@ def build_router(
         backends["cloud"] = cloud_backend_
     service = ChatService(args, backends=backends, telemetry=telemetry)
     keys = keys or ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY})
-    app = create_app(service, keys=keys, max_request_bytes=args.max_request_bytes)
+    app = create_app(service, keys=keys, max_request_bytes=args.max_request_bytes, cloud_standin=cloud_standin)
     return Router(app, service, telemetry, metrics, exporter, local, cloud_backend_)
 
 

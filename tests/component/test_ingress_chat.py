@@ -224,6 +224,14 @@ async def test_ingress_readyz_reports_each_backend(router, local):
     assert router.metrics.gauge("router_backend_ready", backend="local") == 1
 
 
+async def test_ingress_readyz_labels_the_offline_stand_in(make_router):
+    labelled = (await make_router(cloud_standin=True).client(api_key=None).get("/readyz")).json()
+    assert labelled["backends"]["cloud"]["standin"] is True
+    assert "stand-in" in labelled["cloud_standin"]
+    plain = (await make_router().client(api_key=None).get("/readyz")).json()
+    assert "standin" not in plain["backends"]["cloud"] and "cloud_standin" not in plain
+
+
 async def test_ingress_readyz_ready_when_one_backend_is(router, local):
     local.ready = False
     response = await router.client().get("/readyz")

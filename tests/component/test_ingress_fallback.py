@@ -164,6 +164,7 @@ async def test_cloud_429_seen_by_the_openai_sdk(router, cloud):
     with pytest.raises(openai.RateLimitError) as info:
         await router.openai().chat.completions.create(model="cloud", messages=[{"role": "user", "content": "x"}])
     assert info.value.response.headers["retry-after"] == "7"
+    assert info.value.response.headers["x-router-backend"] == "cloud"  # which backend failed, as metrics count it
     assert info.value.code == "rate_limit_exceeded"
 
 
@@ -193,6 +194,30 @@ async def test_stream_failure_after_first_chunk_is_an_in_band_error(router, clie
     assert router.metrics.counter("router_requests", outcome="error") == 1
 
 
+async def test_stream_failure_sends_the_billed_usage_before_the_error(router, client, local):
+    first, second, *_ = reply("local-model", "a", "b")
+    local.script(first, second, down())
+    body = chat_body(stream=True, stream_options={"include_usage": True})
+    events = sse_events((await client.post("/v1/chat/completions", json=body)).text)
+    assert events[-1] == "[DONE]" and "error" in json.loads(events[-2])
+    usage = json.loads(events[-3])["usage"]
+    assert json.loads(events[-3])["choices"] == []
+    # Exactly what the router counted for this request (an estimate it flags on the span), so client totals match.
+    assert usage["prompt_tokens"] == router.metrics.counter("router_tokens", token_type="input") > 0
+    assert usage["completion_tokens"] == router.metrics.counter("router_tokens", token_type="output") > 0
+
+
+async def test_messages_stream_failure_sends_the_billed_usage_before_the_error(router, client, local):
+    first, second, *_ = reply("local-model", "a", "b")
+    local.script(first, second, down())
+    body = {"model": "auto", "max_tokens": 16, "stream": True, "messages": [{"role": "user", "content": "x"}]}
+    text = (await client.post("/v1/messages", json=body)).text
+    data = [json.loads(line[5:]) for line in text.splitlines() if line.startswith("data:")]
+    assert [d["type"] for d in data[-2:]] == ["message_delta", "error"]
+    assert data[-2]["usage"]["output_tokens"] == router.metrics.counter("router_tokens", token_type="output") > 0
+    assert data[-2]["usage"]["input_tokens"] == router.metrics.counter("router_tokens", token_type="input")
+
+
 async def test_stream_failure_after_first_chunk_raises_in_the_openai_sdk(router, local):
     first, second, *_ = reply("local-model", "a", "b")
     local.script(first, second, down())
@@ -206,6 +231,18 @@ async def test_stream_failure_after_first_chunk_raises_in_the_openai_sdk(router,
     assert len(received) == 2
     assert info.value.message == "local replica died"
     assert info.value.code == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_non_stream_failure_after_first_chunk_says_what_was_billed(router, client, local, path):
+    first, second, *_ = reply("local-model", "a", "b")
+    local.script(first, second, down())
+    body = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
+    response = await client.post(path, json=body)
+    assert response.status_code == 503
+    usage = json.loads(response.headers["x-router-usage"])
+    assert usage["prompt_tokens"] == router.metrics.counter("router_tokens", token_type="input") > 0
+    assert usage["completion_tokens"] == router.metrics.counter("router_tokens", token_type="output") > 0
 
 
 async def test_non_stream_failure_after_first_chunk_gets_a_real_status(router, client, local, cloud):
@@ -292,6 +329,13 @@ async def test_anthropic_cloud_non_stream(anthropic_router, standin):
     }
     assert float(response.headers["x-router-cost-usd"]) == pytest.approx((3 * 3.0 + 4 * 15.0) / 1e6)
     assert standin.requests[-1].body["model"] == SONNET
+
+
+async def test_anthropic_messages_non_stream_reports_its_cost(anthropic_router):
+    body = {"model": "cloud", "max_tokens": 32, "messages": [{"role": "user", "content": "one two three"}]}
+    response = await anthropic_router.client().post("/v1/messages", json=body)
+    assert response.status_code == 200
+    assert float(response.headers["x-router-cost-usd"]) == pytest.approx((3 * 3.0 + 4 * 15.0) / 1e6)
 
 
 async def test_anthropic_cloud_stream_with_the_openai_sdk(anthropic_router):
