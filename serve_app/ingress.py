@@ -125,7 +125,9 @@ def create_app(
         keys.check(f"Bearer {api_key}" if api_key else request.headers.get("authorization"))
         body = await read_body(request, max_request_bytes)
         chat_request = to_chat_request(_json_object(body))
-        stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
+        stream = await service.start(
+            chat_request, request_id=request.state.request_id, headers=request.headers, api="anthropic"
+        )
         headers = {"X-Router-Backend": stream.decision.backend, "X-Router-Reason": stream.decision.reason}
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id

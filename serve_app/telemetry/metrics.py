@@ -26,7 +26,7 @@ OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
 BACKENDS = frozenset({"local", "cloud", "none"})
 OUTCOMES = frozenset({"ok", "error", "cancelled"})
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation")
-DROP_SINKS = frozenset({"otlp", "langfuse", "span", "metrics", "observe"})
+DROP_SINKS = frozenset({"otlp", "langfuse", "span", "metrics", "observe", "request_log"})
 OTHER = "other"
 _REASON = re.compile(r"^[a-z0-9_]{1,40}$")
 
