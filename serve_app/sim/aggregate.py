@@ -285,9 +285,14 @@ class Comparison:
     difference: float | None  # records minus router; None when the router has no such counter
 
 
+COUNTER_KEYS = ("counters", "router", "totals")
+
+
 def compare(flat_totals: Mapping[str, float], prometheus: Mapping[str, Any] | None) -> list[Comparison]:
-    """Each total next to the router's counter of the same name (in the block's `counters`, else its top level)."""
-    block = (prometheus or {}).get("counters", prometheus or {})
+    """Each total next to the router's counter of the same name: in the block's `counters` (or `router`,
+    `totals`) mapping when it has one, else at its top level, under the summary's key names."""
+    prometheus = prometheus or {}
+    block = next((prometheus[k] for k in COUNTER_KEYS if isinstance(prometheus.get(k), Mapping)), prometheus)
     router = {k: v for k, v in flatten(block).items() if isinstance(v, int | float) and not isinstance(v, bool)}
     rows = []
     for key, value in flat_totals.items():

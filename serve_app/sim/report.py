@@ -17,6 +17,7 @@ from serve_app.sim.aggregate import (
     BACKENDS,
     Distribution,
     compare,
+    flatten,
     gpu_total,
     gpu_usd_per_hour,
     savings,
@@ -160,6 +161,10 @@ def render(run: Run, *, title: str) -> str:
         rows = [[c.key, c.records, c.router, c.difference] for c in compare(total.flat(), prometheus)]
         parts.append(_table(["total", "records", "router (Prometheus)", "difference"], rows, bad_column=3))
         parts.append('<p class="note">Counts and tokens must agree exactly; a difference is marked.</p>')
+        stated = prometheus.get("difference")
+        if isinstance(stated, dict) and stated:
+            rows = [[k, v] for k, v in flatten(stated).items()]
+            parts.append(_table(["difference stated by the simulator", "value"], rows, bad_column=1))
     else:
         parts.append(f'<p class="note">Router counters: {NOT_MEASURED} (the summary has no prometheus block).</p>')
         parts.append(_table(["total", "records"], total.flat().items()))
@@ -181,19 +186,23 @@ def render(run: Run, *, title: str) -> str:
 
 
 def write_report(run_dir: Path) -> Path:
-    """Writes `run_dir/report.html` from the run's files and returns its path."""
+    """Writes `run_dir/report.html` from the run's files and returns its path. Given a request log file instead
+    (the router's), writes the report next to it (`requests.jsonl` -> `requests.html`)."""
     run = load_run(run_dir)
-    out = run_dir / REPORT
-    out.write_text(render(run, title=f"hybrid-llm run {run_dir.name}"), encoding="utf-8")
+    out = run_dir.with_suffix(".html") if run_dir.is_file() else run_dir / REPORT
+    title = f"hybrid-llm {'request log' if run_dir.is_file() else 'run'} {run_dir.name}"
+    out.write_text(render(run, title=title), encoding="utf-8")
     return out
 
 
 def report_main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m serve_app.sim report", description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir", type=Path, help="a run directory holding requests.jsonl (summary, events optional)")
+    parser.add_argument(
+        "run_dir", type=Path, help="a run directory holding requests.jsonl (summary, events optional), or a request log"
+    )
     args = parser.parse_args(argv)
-    if not (args.run_dir / "requests.jsonl").exists():
-        parser.error(f"{args.run_dir} holds no requests.jsonl")
+    if not (args.run_dir.is_file() or (args.run_dir / "requests.jsonl").exists()):
+        parser.error(f"{args.run_dir} is neither a request log nor a directory holding requests.jsonl")
     print(write_report(args.run_dir))
     return 0
 

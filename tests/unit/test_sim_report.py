@@ -60,3 +60,19 @@ def test_report_cli_writes_the_file_and_refuses_a_directory_without_records(tmp_
     with pytest.raises(SystemExit) as exit_info:
         report_main([str(tmp_path)])
     assert exit_info.value.code == 2
+
+
+def test_report_of_a_router_request_log_is_written_next_to_it(tmp_path: Path) -> None:
+    log = tmp_path / "router-requests.jsonl"
+    log.write_text("".join(r.to_json() + "\n" for r in mixed_records(30)))
+    assert report_main([str(log)]) == 0
+    assert "request log router-requests.jsonl" in (tmp_path / "router-requests.html").read_text()
+
+
+def test_report_compares_with_the_router_block_and_shows_the_stated_difference(tmp_path: Path) -> None:
+    records = mixed_records(40)
+    prometheus = {"router": {"requests": len(records)}, "difference": {"requests": 0, "tokens": {"output": 3}}}
+    run = write_run(tmp_path / "run", records, summary=_summary(records, **prometheus))
+    page = write_report(run).read_text(encoding="utf-8")
+    assert "<td>requests</td><td>40</td><td>40</td><td>0</td>" in page
+    assert '<td>tokens.output</td><td class="bad">3</td>' in page
