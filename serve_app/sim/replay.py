@@ -94,6 +94,25 @@ def _down_windows(records: Sequence[RequestRecord], reason: str, *, gap_s: float
     return windows
 
 
+def failure(record: RequestRecord) -> tuple[str | None, bool]:
+    """What failed this request before its answer started in the run, and whether the other backend could take it.
+
+    (`local` | `cloud`, True): that backend failed and the request fell back; in replay it fails there again and
+    falls back if the candidate allows. (`local` | `cloud`, False): it failed there without a fallback (none was
+    possible, or the error was not one to retry elsewhere): sent there again, it is an error again. (`request`,
+    False): the request itself failed, or a cause replay cannot tell; it stays an error. (None, False): answered; a
+    failure after the first byte counts as answered."""
+    if record.route_reason == RouteReason.FALLBACK_LOCAL_ERROR.value:
+        return "local", True
+    if record.route_reason == RouteReason.FALLBACK_CLOUD_ERROR.value:
+        return "cloud", True
+    if record.outcome != "error" or record.ttft_s is not None:
+        return None, False
+    if record.backend is not None:
+        return record.backend, False
+    return ("cloud" if record.status == 429 else "request"), False  # a 429 is the cloud's
+
+
 def _inside(t: float, windows: Sequence[tuple[float, float]]) -> bool:
     return any(a <= t <= b for a, b in windows)
 
@@ -195,6 +214,10 @@ class Replayer:
             while in_flight and in_flight[0] <= record.t_start:
                 heapq.heappop(in_flight)
             concurrency = len(in_flight)
+            failed, may_fall_back = failure(record)
+            if failed == "request":
+                out.append(Outcome(record, None, "rejected", None, None, None, concurrency))
+                continue
             local_ready, cloud_ready = self._state(record)
             route = RouteInput(
                 requested_model=self._requested(record, policy),
@@ -218,9 +241,8 @@ class Replayer:
                 out.append(Outcome(record, None, exc.kind, None, None, None, concurrency))
                 continue
             backend, reason = decision.backend, decision.reason
-            failed = {"fallback_local_error": "local", "fallback_cloud_error": "cloud"}.get(record.route_reason or "")
             if failed == backend:  # that backend failed for this request in the run: it fails again
-                if decision.fallback_backend is None:
+                if decision.fallback_backend is None or not may_fall_back:
                     out.append(Outcome(record, None, "upstream_error", None, None, None, concurrency))
                     continue
                 decision = decision.after_failure()

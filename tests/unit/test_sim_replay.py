@@ -212,3 +212,26 @@ def test_rank_prefers_the_cheapest_candidate_within_the_slo_budget() -> None:
     ranked = [e.estimate.name for e in rank(evaluations, slo_budget=0.05)]
     # More local is cheaper; local TTFT is 0.1 + 0.05 * (others in flight), so a limit of 5 keeps it <= 0.3 s.
     assert ranked == ["sat5", "sat4", "sat2", "sat8", "sat16"]
+
+
+def test_failures_in_the_run_are_replayed_where_their_cause_is_known() -> None:
+    run = [record(request_id=f"l{i}", t_start=T0 + i, t_end=T0 + i + 0.5, latency_s=0.5) for i in range(3)]
+    rejected = record(t_start=T0 + 4, backend=None, route_reason=None, status=400, outcome="error", ttft_s=None)
+    rate_limited = record(
+        t_start=T0 + 5,
+        backend=None,
+        route_reason=None,
+        status=429,
+        outcome="error",
+        ttft_s=None,
+        model_requested="cloud",
+    )
+    local_failed = record(t_start=T0 + 6, backend="local", status=503, outcome="error", ttft_s=None)
+    cut = record(t_start=T0 + 7, backend="local", status=200, outcome="error", ttft_s=0.1)  # failed mid-stream
+    outcomes = Replayer([*run, rejected, rate_limited, local_failed, cut], config(4)).run(config(4))
+    assert [(o.backend, o.reason) for o in outcomes[3:]] == [
+        (None, "rejected"),
+        (None, "upstream_error"),  # explicit cloud: no fallback, fails again
+        (None, "upstream_error"),  # local fails again, and it could not fall back in the run either
+        ("local", "policy_local"),
+    ]
