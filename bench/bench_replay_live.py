@@ -192,7 +192,7 @@ def main() -> None:
         "machine": common.machine(),
     }
     print(json.dumps(result, indent=2, default=str))
-    print(common.write_result("replay_live", result))
+    print(common.write_result(f"replay_live_s{args.base}_s{args.candidate}_r{args.rate:g}", result))
 
 
 if __name__ == "__main__":

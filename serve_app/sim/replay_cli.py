@@ -50,6 +50,16 @@ def router_args_of(serve_config: Mapping[str, Any]) -> tuple[dict[str, Any], flo
     return router, gpu
 
 
+def _merged(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`overrides` deep-merged over `base` (mappings merge, anything else replaces)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = (
+            _merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        )
+    return out
+
+
 def load_candidates(
     path: Path, *, config: Path | None, gpu_usd_per_hour: float | None
 ) -> tuple[PolicyConfig, list[PolicyConfig]]:
@@ -60,7 +70,7 @@ def load_candidates(
     serve_config = config or (path.parent / base.pop("serve_config") if "serve_config" in base else None)
     if serve_config is not None:
         args, config_gpu = router_args_of(yaml.safe_load(Path(serve_config).read_text(encoding="utf-8")))
-        base = args | base
+        base = _merged(args, base)
         gpu = gpu if gpu is not None else config_gpu
     baseline = PolicyConfig.from_args(BASELINE, base, gpu_usd_per_hour=gpu)
     candidates = []

@@ -11,9 +11,23 @@ from serve_app.records import RequestRecord, read_records
 
 def _record(**overrides: object) -> RequestRecord:
     base: dict[str, object] = dict(
-        request_id="r1", source="sim", t_start=1.0, t_end=2.5, api="openai", stream=True, model_requested="auto",
-        prompt_chars=40, prompt_tokens_estimated=10, max_tokens=64, has_tools=False, has_images=False,
-        backend="local", route_reason="policy_local", input_tokens=12, output_tokens=30, cost_usd=1e-6,
+        request_id="r1",
+        source="sim",
+        t_start=1.0,
+        t_end=2.5,
+        api="openai",
+        stream=True,
+        model_requested="auto",
+        prompt_chars=40,
+        prompt_tokens_estimated=10,
+        max_tokens=64,
+        has_tools=False,
+        has_images=False,
+        backend="local",
+        route_reason="policy_local",
+        input_tokens=12,
+        output_tokens=30,
+        cost_usd=1e-6,
     )
     base.update(overrides)
     return RequestRecord(**base)  # type: ignore[arg-type]

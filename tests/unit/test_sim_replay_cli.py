@@ -69,8 +69,15 @@ def test_baseline_from_the_projects_serve_config(tmp_path: Path) -> None:
     args, gpu = router_args_of(yaml.safe_load((ROOT / "serve_config.local.yaml").read_text()))
     assert args["local"]["model_id"] == "local-model" and gpu == pytest.approx(0.8048)
     spec = tmp_path / "c.yaml"
-    spec.write_text(yaml.safe_dump({"candidates": [{"name": "more", "local": {"saturation_inflight": 32}}]}))
+    spec.write_text(
+        yaml.safe_dump(
+            {
+                "baseline": {"local": {"saturation_inflight": 2}},  # merged over the Serve config's local block
+                "candidates": [{"name": "more", "local": {"saturation_inflight": 32}}],
+            }
+        )
+    )
     baseline, (more,) = load_candidates(spec, config=ROOT / "serve_config.local.yaml", gpu_usd_per_hour=None)
-    assert baseline.local.saturation_inflight == 16 and more.local.saturation_inflight == 32
+    assert baseline.local.saturation_inflight == 2 and more.local.saturation_inflight == 32
     assert more.local.context_window == baseline.local.context_window == 512
     assert baseline.gpu_usd_per_hour == pytest.approx(0.8048) and baseline.pricing is not None
