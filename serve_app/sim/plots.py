@@ -41,6 +41,7 @@ def _faults(ax: Axes, events: Sequence[FaultEvent], origin: float) -> None:
             rotation=90,
             va="top",
             ha="right",
+            zorder=5,
         )
 
 

@@ -108,7 +108,11 @@ def render(run: Run, *, title: str) -> str:
             ["", "all", *BACKENDS, "none"],
             [
                 ["requests", total.requests, *(total.by_backend[b] for b in (*BACKENDS, "none"))],
-                ["share", 1.0, *(total.by_backend[b] / max(total.requests, 1) for b in (*BACKENDS, "none"))],
+                [
+                    "share",
+                    "100%",
+                    *(f"{total.by_backend[b] / max(total.requests, 1):.1%}" for b in (*BACKENDS, "none")),
+                ],
             ],
         )
     )
