@@ -124,6 +124,7 @@ class RequestLog:
         self._thread = threading.Thread(target=self._drain, name="telemetry-request-log", daemon=True)
         self._thread.start()
         self._closed = False
+        self._abandoned = False  # close() gave up: what is still queued is dropped and counted, not written
 
     def write(self, record: RequestRecord) -> None:
         if self._closed:
@@ -144,9 +145,12 @@ class RequestLog:
                 except queue.Empty:
                     break
             records = [r for r in batch if isinstance(r, RequestRecord)]
-            if records:
+            if records and self._abandoned:
+                self._on_drop(len(records))  # close() gave up on them
+            elif records:
                 self._append(records)
             if any(r is _STOP for r in batch):
+                os.close(self._fd)  # the writer owns the file: closed once nothing more will be written
                 return
 
     def _append(self, records: list[RequestRecord]) -> None:
@@ -169,8 +173,13 @@ class RequestLog:
             self._queue.put(_STOP, timeout=timeout_s)
         self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
-            left = self._queue.qsize()
+            # Each queued record is counted once: here if this takes it, by the thread if it wakes and takes it.
+            self._abandoned = True
+            left = 0
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    left += isinstance(self._queue.get_nowait(), RequestRecord)
             logger.warning("request log: gave up after %.1fs with %d record(s) unwritten", timeout_s, left)
             self._on_drop(left)
-            return
-        os.close(self._fd)
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_STOP)  # the writer stops (and closes the file) if it ever wakes

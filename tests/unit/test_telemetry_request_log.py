@@ -63,3 +63,22 @@ def test_http_status_is_what_the_client_got() -> None:
     assert http_status(outcome="error", error=RuntimeError(), stream=True, started=True) == 200  # in-band error
     assert http_status(outcome="error", error=RuntimeError(), stream=False, started=True) == 500
     assert http_status(outcome="cancelled", error=None, stream=False, started=False) == 499
+
+
+def test_request_log_close_gives_up_on_a_stuck_writer_and_counts_each_record_once(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    drops: list[int] = []
+    log = RequestLog(fifo, capacity=64, on_drop=drops.append)
+    total = 3000
+    for i in range(total):
+        log.write(record(request_id=f"r{i}", source="router"))
+    log.close(timeout_s=0.2)  # nobody reads: the writer is stuck in a write
+    received = bytearray()
+    os.set_blocking(reader, True)
+    while chunk := os.read(reader, 1 << 16):  # unblocks the writer, which then finds the rest abandoned
+        received.extend(chunk)
+    written = len(list(read_records(received.decode().splitlines())))
+    assert 0 < written < total
+    assert written + sum(drops) == total
