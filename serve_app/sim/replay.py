@@ -143,6 +143,7 @@ class Estimate:
     slo_violations: int | None
     errors: int
     unpriced: int
+    local_concurrency_max: int = 0  # the most other local requests in flight a local request started with
 
     @property
     def usd_per_hour(self) -> float | None:
@@ -305,6 +306,7 @@ class Replayer:
             else sum(1 for o in answered if o.ttft_s is not None and o.ttft_s > ttft_slo_s),
             errors=len(outcomes) - len(answered),
             unpriced=sum(1 for o in cloud if o.cloud_usd is None),
+            local_concurrency_max=max((o.concurrency for o in local), default=0),
         )
 
 

@@ -91,8 +91,9 @@ def _with(value: float | None, interval: Interval, *, scale: float = 1.0, fmt: s
     return f"{_s(value, scale, fmt)} [{_s(interval.low, scale, fmt)}-{_s(interval.high, scale, fmt)}]"
 
 
-def ranked_table(ranked: Sequence[Evaluation], *, ttft_slo_s: float | None) -> Table:
-    table = Table(title="Candidates, best first (90% bootstrap intervals)")
+def ranked_table(ranked: Sequence[Evaluation], *, ttft_slo_s: float | None, fitted_max: int | None) -> Table:
+    """`local c max` is marked `*` where a candidate drives the local model beyond the concurrency the fit saw."""
+    table = Table(title="Candidates, best first (90% bootstrap intervals; * = latency extrapolated)")
     for column in (
         "#",
         "candidate",
@@ -105,10 +106,12 @@ def ranked_table(ranked: Sequence[Evaluation], *, ttft_slo_s: float | None) -> T
         "p95 TTFT cloud ms",
         f"TTFT > {_s(ttft_slo_s, 1000)} ms",
         "errors",
+        "local c max",
     ):
         table.add_column(column, justify="left" if column == "candidate" else "right")
     for i, e in enumerate(ranked, start=1):
         est, iv = e.estimate, e.intervals
+        beyond = fitted_max is not None and est.local_concurrency_max > fitted_max
         table.add_row(
             str(i),
             est.name,
@@ -121,6 +124,7 @@ def ranked_table(ranked: Sequence[Evaluation], *, ttft_slo_s: float | None) -> T
             _with(est.ttft_p95_s["cloud"], iv["ttft_p95_cloud"], scale=1000),
             _with(None if est.slo_violations is None else float(est.slo_violations), iv["slo_violations"]),
             str(est.errors),
+            f"{est.local_concurrency_max}{'*' if beyond else ''}",
         )
     return table
 
@@ -196,7 +200,8 @@ def replay_main(argv: Sequence[str] | None = None, *, console: Console | None = 
     policies = [baseline, *candidates]
     evaluations = [evaluate(replayer, p, ttft_slo_s=slo, bootstrap=args.bootstrap, seed=args.seed) for p in policies]
     ranked = rank(evaluations, slo_budget=args.slo_budget if slo is not None else None)
-    console.print(ranked_table(ranked, ttft_slo_s=slo))
+    fitted_max = None if model is None else model.concurrency_range[1]
+    console.print(ranked_table(ranked, ttft_slo_s=slo, fitted_max=fitted_max))
     best = next(p for p in policies if p.name == ranked[0].estimate.name)
     if best is baseline:
         console.print("The run's own config ranks first: keep it.")

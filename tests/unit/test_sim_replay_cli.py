@@ -56,6 +56,9 @@ def test_replay_command_ranks_candidates_and_suggests_the_winner(tmp_path: Path)
     assert result["ranked"][0]["estimate"]["name"] == "sat5"
     assert result["suggested"] == {"routing": {}, "local": {"saturation_inflight": 5}}
     assert result["check"]["decision_agreement"] == 1.0
+    maxima = {r["estimate"]["name"]: r["estimate"]["local_concurrency_max"] for r in result["ranked"]}
+    assert maxima == {"baseline": 3, "sat2": 1, "sat5": 4, "sat8-long-to-cloud": 7}
+    assert "4*" in text and "7*" in text  # beyond the fitted 0-3: marked as extrapolated
     assert all(abs(row["error"]) < 1e-9 for row in result["check"]["rows"] if row["error"] is not None)
 
 
