@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from serve_app.records import RequestRecord
+from serve_app.sim.aggregate import percentile
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,8 +121,6 @@ class HoldOut:
 def hold_out(points: Sequence[tuple[RequestRecord, int]], *, folds: int = 5, seed: int = 0) -> HoldOut | None:
     """K-fold check: each fold's TTFTs predicted (line plus a residual drawn from the other folds) by a model
     fitted on the other folds."""
-    from serve_app.sim.aggregate import percentile
-
     if len(points) < 2 * folds:
         return None
     rng = random.Random(seed)

@@ -21,9 +21,11 @@ from serve_app.records import RequestRecord
 from serve_app.routing import ALIASES, RouteInput, RouteReason, decide
 from serve_app.sim.aggregate import percentile
 from serve_app.sim.latency_model import (
+    HoldOut,
     LocalLatencyModel,
     concurrency_at_start,
     fit_local_model,
+    hold_out,
     local_points,
     tpot_of,
 )
@@ -416,13 +418,11 @@ class CheckRow:
 class Check:
     rows: list[CheckRow]
     decision_agreement: float  # share of requests replayed to the backend they measured on
-    hold_out: Any  # latency_model.HoldOut | None
+    hold_out: HoldOut | None
 
 
 def check_baseline(replayer: Replayer, *, ttft_slo_s: float | None = None, bootstrap: int = 0, seed: int = 0) -> Check:
     """Replays the run's own config and compares with what the run measured."""
-    from serve_app.sim.latency_model import hold_out
-
     evaluation = evaluate(replayer, replayer.baseline, ttft_slo_s=ttft_slo_s, bootstrap=bootstrap, seed=seed)
     truth = measured(replayer.records, replayer.baseline, ttft_slo_s=ttft_slo_s)
     rows = [CheckRow(m, metric(truth, m), metric(evaluation.estimate, m)) for m in METRICS]
