@@ -27,7 +27,7 @@ export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[cpu,dev]'
+	$(PY) -m pip install --quiet -e '.[cpu,dev,sim]'
 	# PyPI's torchvision/torchaudio/torchcodec are CUDA-side builds that break `import transformers`
 	# beside torch+cpu; text models need none of them.
 	$(PY) -m pip uninstall --quiet -y torchvision torchaudio torchcodec || true

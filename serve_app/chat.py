@@ -24,9 +24,11 @@ from serve_app.routing import (
     RouteInput,
     decide,
     estimate_prompt_tokens,
+    prompt_chars,
     request_has_images,
 )
 from serve_app.telemetry import Observation, Telemetry
+from serve_app.telemetry.request_log import RequestFeatures
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +111,11 @@ class ChatService:
             backends[name] = {"ready": state.ready, "inflight": state.inflight, "detail": state.detail}
         return {"ready": any(b["ready"] for b in backends.values()), "backends": backends}
 
-    def route(self, request: ChatCompletionRequest, *, prompt_tokens: int) -> RouteDecision:
-        """The routing decision for `request` given the backends' state right now."""
+    def route_input(self, request: ChatCompletionRequest, *, prompt_tokens: int) -> RouteInput:
+        """What the policy sees of `request`, with the backends' state right now."""
         local_state = self._local.state()
         cloud_state = self._cloud.state() if self._cloud else None
-        route = RouteInput(
+        return RouteInput(
             requested_model=request.model,
             local_model_id=self._args.local.model_id,
             cloud_model_ids=tuple(self._cloud.model_ids) if self._cloud else (),
@@ -125,10 +127,12 @@ class ChatService:
             has_tools=bool(request.tools),
             has_images=request_has_images(request),
         )
-        return decide(route=route, policy=self._args.routing, local=self._args.local)
 
-    async def start(self, request: ChatCompletionRequest, *, request_id: str, headers: Mapping[str, str]) -> ChatStream:
-        """Routes and starts the request; raises a RouterError when no backend produced a first chunk."""
+    async def start(
+        self, request: ChatCompletionRequest, *, request_id: str, headers: Mapping[str, str], api: str = "openai"
+    ) -> ChatStream:
+        """Routes and starts the request; raises a RouterError when no backend produced a first chunk. `api` names
+        the wire format the client used (`openai` or `anthropic`), for the request log."""
         prompt_tokens = estimate_prompt_tokens(request, chars_per_token=self._args.routing.chars_per_token)
         observation = self._telemetry.begin(
             request_id=request_id,
@@ -141,7 +145,10 @@ class ChatService:
             messages=_messages_for_telemetry(request) if self._telemetry.capture_content else None,
         )
         try:
-            decision = self.route(request, prompt_tokens=prompt_tokens)
+            route = self.route_input(request, prompt_tokens=prompt_tokens)
+            if self._telemetry.request_log is not None:
+                observation.saw(RequestFeatures(api=api, prompt_chars=prompt_chars(request), route=route))
+            decision = decide(route=route, policy=self._args.routing, local=self._args.local)
             while True:
                 backend = self._backends[decision.backend]
                 observation.routed(

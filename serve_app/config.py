@@ -160,6 +160,14 @@ class TelemetryArgs(_Args):
     langfuse: bool = Field(default=True, description="Send generations to Langfuse when its keys are set.")
     export_queue_size: int = Field(default=2048, ge=16, description="Span queue bound; beyond it spans are dropped.")
     export_timeout_s: float = Field(default=5.0, gt=0, description="Exporter request timeout.")
+    request_log_path: str | None = Field(
+        default=None,
+        description="Append one JSON request record per request to this file (policy replay; no prompt or "
+        "completion text); null: off.",
+    )
+    request_log_queue_size: int = Field(
+        default=10_000, ge=16, description="Request records waiting for the writer; beyond it they are dropped."
+    )
 
 
 class RouterArgs(_Args):

@@ -156,7 +156,9 @@ def create_app(
         keys.check(_presented_key(request))
         body = await read_body(request, max_request_bytes)
         chat_request = to_chat_request(_json_object(body))
-        stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
+        stream = await service.start(
+            chat_request, request_id=request.state.request_id, headers=request.headers, api="anthropic"
+        )
         headers = _route_headers(stream)
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id

@@ -227,6 +227,11 @@ def _matches(rule: RoutingRule, route: RouteInput) -> bool:
 
 def estimate_prompt_tokens(request: ChatCompletionRequest, *, chars_per_token: float) -> int:
     """A cheap upper-leaning estimate of the prompt's token count (characters / chars_per_token + overhead)."""
+    return int(prompt_chars(request) / chars_per_token) + _MESSAGE_OVERHEAD_TOKENS * len(request.messages)
+
+
+def prompt_chars(request: ChatCompletionRequest) -> int:
+    """The characters the prompt estimate counts: message text, tool calls and tool definitions, not images."""
     chars = 0
     for message in request.messages:
         if isinstance(message.content, str):
@@ -237,7 +242,7 @@ def estimate_prompt_tokens(request: ChatCompletionRequest, *, chars_per_token: f
             chars += len(call.function.name) + len(call.function.arguments)
     for tool in request.tools or ():
         chars += len(tool.function.name) + len(tool.function.description or "") + len(str(tool.function.parameters))
-    return int(chars / chars_per_token) + _MESSAGE_OVERHEAD_TOKENS * len(request.messages)
+    return chars
 
 
 def request_has_images(request: ChatCompletionRequest) -> bool:

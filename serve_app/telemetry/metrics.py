@@ -29,7 +29,7 @@ BACKENDS = frozenset({"local", "cloud", "none"})
 REQUESTED = ("auto", "local", "cloud", "concrete")  # what the client asked for: an alias, or a concrete model id
 OUTCOMES = frozenset({"ok", "error", "cancelled"})
 TOKEN_TYPES = ("input", "output", "cache_read", "cache_creation")
-DROP_SINKS = frozenset({"otlp", "langfuse", "span", "metrics", "observe"})
+DROP_SINKS = frozenset({"otlp", "langfuse", "span", "metrics", "observe", "request_log"})
 OTHER = "other"
 _REASON = re.compile(r"^[a-z0-9_]{1,40}$")
 

@@ -21,6 +21,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from serve_app.errors import RouterError
 from serve_app.telemetry.cost import RequestCost
+from serve_app.telemetry.request_log import RequestFeatures, build_record, http_status
 from serve_app.telemetry.tracing import backend_context
 from serve_app.usage import Usage, accumulate_openai_chunk
 
@@ -77,6 +78,7 @@ class Observation:
         self._finish_reasons: dict[int, str] = {}
         self._text: list[str] | None = [] if telemetry.capture_content else None
         self._cost: RequestCost | None = None
+        self._features: RequestFeatures | None = None
         self._finished = False
 
     # ---- what the router tells us -------------------------------------------------------------------------
@@ -122,6 +124,10 @@ class Observation:
             )
         except Exception:
             self._tel.metrics.dropped_items("span")
+
+    def saw(self, features: RequestFeatures) -> None:
+        """What the policy saw (request features, backend state at decision time), for the request log."""
+        self._features = features
 
     async def observe(self, chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
         """Yields every chunk of `chunks` untouched while accumulating usage, model, finish reasons and TTFT.
@@ -240,6 +246,45 @@ class Observation:
             cost_usd=None if cost is None or cost.actual is None else cost.actual.total,
             counterfactual_usd=None if cost is None or cost.counterfactual is None else cost.counterfactual.total,
         )
+        if self._tel.request_log is not None:
+            self._log(outcome=outcome, error=error, usage=usage, cost=cost, latency=now - self._started, ttft=ttft)
+
+    def _log(
+        self,
+        *,
+        outcome: str,
+        error: BaseException | None,
+        usage: Usage,
+        cost: RequestCost | None,
+        latency: float,
+        ttft: float | None,
+    ) -> None:
+        log = self._tel.request_log
+        assert log is not None
+        try:
+            record = build_record(
+                request_id=self._request_id,
+                t_end=log.wall_clock(),
+                latency_s=latency,
+                requested_model=self._requested_model,
+                stream=self._stream,
+                prompt_tokens_estimated=self._prompt_tokens_estimated,
+                max_tokens=self._features.route.output_tokens if self._features else None,
+                features=self._features,
+                backend=self._backend,
+                reason=self._reason,
+                model_served=self._response_model or self._model,
+                status=http_status(outcome=outcome, error=error, stream=self._stream, started=self._chunks > 0),
+                outcome=outcome,
+                error_type=None if outcome == "ok" else error_type(error),
+                usage=usage,
+                ttft_s=ttft,
+                cost=cost,
+            )
+        except Exception:
+            self._tel.metrics.dropped_items("request_log")
+            return
+        log.write(record)
 
     def _final_usage(self, outcome: str) -> tuple[Usage, bool]:
         """Reported usage if any; else, once a backend produced chunks, an estimate (flagged); else nothing.

@@ -25,6 +25,7 @@ from serve_app.telemetry.cost import RequestCost, request_cost
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
 from serve_app.telemetry.observation import Observation
+from serve_app.telemetry.request_log import RequestLog
 from serve_app.telemetry.tracing import (
     TRACER_NAME,
     AccountedBatchProcessor,
@@ -57,8 +58,10 @@ class Telemetry:
         langfuse_accounting: ExportAccounting | None = None,
         shutdown_timeout_s: float = 2.0,
         local_rate: Callable[[], float | None] | None = None,
+        request_log: RequestLog | None = None,
     ) -> None:
         self.args = args
+        self.request_log = request_log
         self.provider = provider
         self.metrics = metrics
         self.langfuse = langfuse
@@ -124,6 +127,17 @@ class Telemetry:
         if langfuse is False:
             langfuse = None
         exporting = exporting or langfuse is not None
+        request_log = None
+        if args.telemetry.request_log_path:
+            try:
+                request_log = RequestLog(
+                    args.telemetry.request_log_path,
+                    capacity=args.telemetry.request_log_queue_size,
+                    on_drop=lambda n: metrics.dropped_items("request_log", n),
+                )
+            except OSError:
+                logger.exception("request log %s cannot be opened; it is off", args.telemetry.request_log_path)
+                metrics.dropped_items("request_log")
         return cls(
             args=args,
             provider=provider,
@@ -136,6 +150,7 @@ class Telemetry:
             langfuse_accounting=langfuse_accounting,
             shutdown_timeout_s=shutdown_timeout_s,
             local_rate=local_rate,
+            request_log=request_log,
         )
 
     # ---- per request ----------------------------------------------------------------------------------------
@@ -271,6 +286,8 @@ class Telemetry:
 
         if not bounded_call(stop, timeout_s=self._shutdown_timeout_s, name="shutdown"):
             logger.warning("telemetry shutdown gave up after %.1fs; unsent spans are lost", self._shutdown_timeout_s)
+        if self.request_log is not None:
+            self.request_log.close(self._shutdown_timeout_s)
         for accounting in (self.otlp_accounting, self.langfuse_accounting):
             if accounting is not None:
                 accounting.abandon()  # after a complete shutdown nothing is left, so this counts nothing
