@@ -6,19 +6,27 @@ with their cost."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import anthropic
+import httpx
 import httpx2
 import pytest
 import pytest_asyncio
 
+from serve_app.auth import ApiKeys
 from serve_app.backends.anthropic import AnthropicBackend
 from serve_app.backends.anthropic_params import JSON_OBJECT_INSTRUCTION
+from serve_app.chat import ChatService
+from serve_app.config import AuthArgs
+from serve_app.ingress import create_app
+from serve_app.telemetry import InMemoryMetricsSink, Telemetry
 from tests.component.conftest import MakeRouter, Router
-from tests.component.fakes import API_KEY, PRICE, chat_body, router_args
+from tests.component.fakes import API_KEY, PRICE, chat_body, local_backend, router_args
 from tests.support.anthropic_standin import SIGNATURE, THINKING, AnthropicStandIn, prompt_tokens
+from tests.support.langfuse_standin import LangfuseStandin
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -232,3 +240,38 @@ async def test_openai_route_gets_claudes_thinking_as_reasoning_content(cloud_rou
     message = response.json()["choices"][0]["message"]
     assert message["reasoning_content"] == THINKING and message["content"] == "You sent 2 words."
     assert "x-router-dropped-params" not in response.headers
+
+
+# ---- the Langfuse generation, over the wire ----------------------------------------------------------------------
+
+
+async def test_dropped_params_reach_the_langfuse_generation_metadata(standin):
+    secret = "sk-lf-test"
+    with LangfuseStandin(public_key=f"pk-lf-{uuid.uuid4().hex}", secret_key=secret) as langfuse:
+        args = router_args()
+        env = {
+            "LANGFUSE_PUBLIC_KEY": langfuse.public_key,
+            "LANGFUSE_SECRET_KEY": secret,
+            "LANGFUSE_BASE_URL": langfuse.base_url,
+        }
+        telemetry = Telemetry.from_args(args, meter=InMemoryMetricsSink(), environ=env)
+        assert telemetry.langfuse is not None
+        cloud_args = args.cloud.model_copy(update={"base_url": standin.base_url, "max_retries": 0})
+        cloud = AnthropicBackend(cloud_args, api_key="sk-ant-test-0123456789")
+        service = ChatService(args, backends={"local": local_backend(), "cloud": cloud}, telemetry=telemetry)
+        keys = ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY})
+        app = create_app(service, keys=keys, max_request_bytes=args.max_request_bytes)
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://router.test",
+            headers={"Authorization": f"Bearer {API_KEY}"},
+        ) as client:
+            body = chat_body(model="claude", temperature=0.7, response_format={"type": "json_object"})
+            response = await client.post("/v1/chat/completions", json=body)
+        await cloud.aclose()
+        telemetry.shutdown()
+        (generation,) = langfuse.generations()
+    assert response.headers["x-router-dropped-params"] == "temperature"
+    metadata = LangfuseStandin.metadata(generation)
+    assert metadata["dropped_params"] == ["temperature"]
+    assert metadata["translated_params"] == ["response_format"]

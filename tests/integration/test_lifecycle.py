@@ -104,6 +104,22 @@ def test_replica_death_mid_stream_gives_error_event_then_cloud_until_back(platfo
         assert _route(response) == ("cloud", "local_not_ready")
         assert elapsed < NO_WAIT_S, f"{elapsed:.3f}s: the request waited on the dead model"
     print(f"cloud answers while the model restarts: {[round(e * 1000, 1) for _, e in during]} ms")
+    # `local` too is answered by the cloud meanwhile (routing.local_pin: fallback, the default); the concrete local
+    # model id is a strict pin and gets a 503 at once
+    pinned = httpx.post(
+        f"{platform.base_url}/v1/chat/completions",
+        json={"model": "local", "max_tokens": 8, "messages": [{"role": "user", "content": "while down, local"}]},
+        headers={"Authorization": f"Bearer {platform.api_key}"},
+        timeout=30,
+    )
+    assert pinned.status_code == 200 and _route(pinned) == ("cloud", "fallback_local_not_ready")
+    strict = httpx.post(
+        f"{platform.base_url}/v1/chat/completions",
+        json={"model": "local-model", "max_tokens": 8, "messages": [{"role": "user", "content": "while down"}]},
+        headers={"Authorization": f"Bearer {platform.api_key}"},
+        timeout=30,
+    )
+    assert strict.status_code == 503 and strict.headers["retry-after"] == "5"
 
     recovered_after = _wait_local(platform, ready=True, timeout=300)
     print(f"local model back after {recovered_after:.1f}s")

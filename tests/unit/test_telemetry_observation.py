@@ -16,6 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from serve_app.config import RouterArgs
 from serve_app.errors import UpstreamOverloaded
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+from serve_app.telemetry.metrics import REQUESTED
 from serve_app.telemetry.tracing import build_sampler
 
 EPS = 1e-9
@@ -432,6 +433,7 @@ async def test_observation_requested_label_is_the_alias_or_concrete(requested, l
     )
     obs.finish(outcome="ok")
     assert sink.counter("router_requests", requested=label) == 1
+    assert label in REQUESTED
 
 
 async def test_trace_headers_continue_the_request_span() -> None:
