@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import os
 
-from tests.support.ray_platform import RAY_ENV
+from tests.support.ray_platform import RAY_ENV, REPO
 
 for _name, _value in RAY_ENV.items():
     os.environ.setdefault(_name, _value)
+# The models the platform builds (smoke, default) live where RayPlatform's replicas look for them, also when
+# pytest runs without `make test` (which exports the same directory).
+os.environ.setdefault("HYBRID_LLM_CACHE_DIR", str(REPO / ".cache"))
