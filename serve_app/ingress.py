@@ -1,8 +1,9 @@
 """The router's HTTP edge and its Serve deployment: parse, call the chat service, render JSON or SSE.
 
-Handlers only translate types: bytes to a validated request, a `ChatStream` to a JSON body or an SSE
-stream, a `RouterError` to an OpenAI error body with its status. Up to the first chunk every failure gets
-a real status; after it the stream ends with an in-band error event and `[DONE]`, never a silent cut.
+Handlers only translate types: bytes to a validated request, a `ChatStream` (held in `async with`, which ends
+it) to a JSON body or an SSE stream, a `RouterError` to an OpenAI error body with its status. Up to the first
+chunk every failure gets a real status; after it the stream ends with an in-band error event and `[DONE]`, never
+a silent cut.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import logging
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -125,11 +126,12 @@ def create_app(
                 stream, _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
             )
         assembler = ChatAssembler()
-        async for chunk in stream.chunks():
-            assembler.add(chunk)
+        async with stream:
+            async for chunk in stream.chunks():
+                assembler.add(chunk)
         body = assembler.completion(usage=_client_usage(stream))
-        if stream.observation.cost_usd is not None:
-            headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
+        if stream.cost_usd is not None:
+            headers["X-Router-Cost-USD"] = f"{stream.cost_usd:.9f}"
         return JSONResponse(body, headers=headers)
 
     @app.post(MESSAGES_PATH, openapi_extra=_json_body("MessagesRequest"))
@@ -148,7 +150,8 @@ def create_app(
         if chat_request.stream:
             events = _anthropic_events(stream, message_id=message_id, model=model)
             return _ChatStreamResponse(stream, events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
-        chunks = [chunk async for chunk in stream.chunks()]
+        async with stream:
+            chunks = [chunk async for chunk in stream.chunks()]
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
     app.openapi = lambda: _with_request_schemas(app)  # type: ignore[method-assign]
@@ -175,23 +178,16 @@ def _with_request_schemas(app: FastAPI) -> dict[str, Any]:
 
 
 class _ChatStreamResponse(StreamingResponse):
-    """A StreamingResponse that ends its ChatStream however the response ends: done, the client gone before the
-    body ran, or gone while `send` blocked (Starlette leaves the body iterator suspended then, never closed)."""
+    """A StreamingResponse that owns its ChatStream: however the response ends (done, the client gone before the
+    body ran or while `send` blocked), leaving the `async with` closes the upstream and records the result."""
 
-    def __init__(self, stream: ChatStream, content: AsyncGenerator[bytes], **kwargs: Any) -> None:
+    def __init__(self, stream: ChatStream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._chat_stream = stream
-        self._content = content
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
+        async with self._chat_stream:
             await super().__call__(scope, receive, send)
-        finally:
-            try:
-                await self._content.aclose()
-            except Exception:
-                logger.debug("closing the response body failed", exc_info=True)
-            await self._chat_stream.aclose()
 
 
 MESSAGES_PATH = "/v1/messages"
@@ -271,10 +267,9 @@ _TYPE_LABELS = frozenset(
 
 
 async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> AsyncIterator[bytes]:
-    chunks = stream.chunks()
     first: dict[str, Any] = stream.first
     try:
-        async for chunk in chunks:
+        async for chunk in stream.chunks():
             out = client_chunk(chunk)
             if out is not None:
                 yield encode_data(out)
@@ -292,16 +287,13 @@ async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> Async
     except Exception:
         logger.exception("stream failed after the first byte")
         yield encode_data(error_body(RouterError("internal error in the router")))
-    finally:
-        await chunks.aclose()
     yield DONE
 
 
 async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) -> AsyncIterator[bytes]:
     state = new_event_state(message_id=message_id, model=model)
-    chunks = stream.chunks()
     try:
-        async for chunk in chunks:
+        async for chunk in stream.chunks():
             state, events = events_from_chunk(state, chunk)
             for event in events:
                 yield encode_event(event["type"], event)
@@ -313,13 +305,11 @@ async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) 
     except Exception:
         logger.exception("messages stream failed after the first byte")
         yield encode_event("error", error_event(RouterError("internal error in the router")))
-    finally:
-        await chunks.aclose()
 
 
 def _client_usage(stream: ChatStream) -> dict[str, Any]:
-    usage = stream.observation.usage.to_openai()
-    cost = stream.observation.cost_usd
+    usage = stream.usage.to_openai()
+    cost = stream.cost_usd
     if cost is not None:
         usage["cost_usd"] = round(cost, 9)
     return usage
@@ -393,13 +383,13 @@ class RouterDeployment:
     async def __init__(self, args: RouterArgs) -> None:
         self._args = args
         local = LocalBackend(args.local, args.routing)
-        telemetry = Telemetry.from_args(args, local_rate=local.usd_per_token)
+        telemetry = Telemetry.from_args(args)
         backends: dict[str, Any] = {"local": local}
         if args.cloud.enabled:
             from serve_app.backends.anthropic import AnthropicBackend
 
             backends["cloud"] = AnthropicBackend(args.cloud)
-        self._service = ChatService(args, backends=backends, telemetry=telemetry)
+        self._service = ChatService(args, backends=backends, telemetry=telemetry, local_rate=local.usd_per_token)
         self._keys = ApiKeys.load(args.auth)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())
 

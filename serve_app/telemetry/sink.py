@@ -1,4 +1,4 @@
-"""The router replica's telemetry: one TracerProvider, metrics, Langfuse and request cost per process.
+"""The router replica's telemetry: one TracerProvider, metrics and Langfuse per process; it records, never computes.
 
 Built once in the deployment's `__init__`; hands out one `Observation` per request. Exporters run in
 background threads behind bounded queues, so a telemetry backend that is down or hanging never reaches the
@@ -20,7 +20,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import SpanKind
 
 from serve_app.config import RouterArgs
-from serve_app.telemetry.cost import RequestCost, request_cost
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
 from serve_app.telemetry.observation import Observation
@@ -57,7 +56,6 @@ class Telemetry:
         otlp_accounting: ExportAccounting | None = None,
         langfuse_accounting: ExportAccounting | None = None,
         shutdown_timeout_s: float = 2.0,
-        local_rate: Callable[[], float | None] | None = None,
     ) -> None:
         self.args = args
         self.provider = provider
@@ -69,9 +67,6 @@ class Telemetry:
         self.langfuse_accounting = langfuse_accounting
         self._owns_provider = owns_provider
         self._tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
-        self._prices = dict(args.pricing.models) if args.pricing else {}
-        self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
-        self._local_rate = local_rate
         self._span_models = frozenset({args.local.model_id, *args.cloud.model_ids, *_ALIASES})
         self._shutdown_timeout_s = shutdown_timeout_s
         self._shut = False
@@ -88,13 +83,10 @@ class Telemetry:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
         shutdown_timeout_s: float = 2.0,
-        local_rate: Callable[[], float | None] | None = None,
     ) -> Telemetry:
         """Builds the process's telemetry. A given `tracer_provider` is used as is (the caller owns its
         processors and shutdown); otherwise one is built with an OTLP exporter when the OTel endpoint variables
-        are set. Langfuse is built from its key variables unless a client is given (or `langfuse=False`).
-        `local_rate` gives the local GPU's current USD per token (the model replica reports it); without it
-        local requests have no cost."""
+        are set. Langfuse is built from its key variables unless a client is given (or `langfuse=False`)."""
         env = os.environ if environ is None else environ
         models = {args.local.model_id, *args.cloud.model_ids, *_ALIASES}
         metrics = RouterMetrics(meter if meter is not None else RayMetricsSink(), models=models)
@@ -133,7 +125,6 @@ class Telemetry:
             otlp_accounting=accounting,
             langfuse_accounting=langfuse_accounting,
             shutdown_timeout_s=shutdown_timeout_s,
-            local_rate=local_rate,
         )
 
     # ---- per request ----------------------------------------------------------------------------------------
@@ -228,24 +219,6 @@ class Telemetry:
             except Exception:
                 self.metrics.dropped_items("span")
         return attrs
-
-    # ---- cost -----------------------------------------------------------------------------------------------
-
-    def price(self, *, backend: str, model: str, usage: Any) -> RequestCost:
-        rate = None
-        if self._local_rate is not None:
-            try:
-                rate = self._local_rate()
-            except Exception:
-                self.metrics.dropped_items("span")
-        return request_cost(
-            backend=backend,
-            model=model,
-            usage=usage,
-            prices=self._prices,
-            default_cloud_model=self._default_cloud_model,
-            local_usd_per_token=rate,
-        )
 
     # ---- state and lifecycle --------------------------------------------------------------------------------
 
