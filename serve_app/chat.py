@@ -292,6 +292,7 @@ class ChatService:
             user=request.user,
             messages=_messages_for_telemetry(request) if self._telemetry.capture_content else None,
         )
+        decision: RouteDecision | None = None
         try:
             decision = self.route(request, prompt_tokens=prompt_tokens)
             while True:
@@ -335,7 +336,13 @@ class ChatService:
                 )
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
-            observation.record(ChatResult(outcome=outcome, error=exc))
+            # No chunk, no tokens: a zero cost on the backend that was tried (Langfuse shows it), none unrouted.
+            cost = (
+                None
+                if decision is None
+                else self._pricer(backend=decision.backend, model=decision.model, usage=Usage())
+            )
+            observation.record(ChatResult(outcome=outcome, error=exc, cost=cost))
             raise
 
 

@@ -98,3 +98,18 @@ async def test_the_client_is_told_the_usage_and_cost_that_telemetry_records(make
     assert span.attributes["llm.cost_usd"] == pytest.approx(usage["cost_usd"])
     assert span.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"] == 3
     assert router.metrics.counter("router_cost_usd", backend="local") == pytest.approx(33 * RATE)
+
+
+async def test_a_request_that_failed_before_its_first_chunk_is_recorded_once_with_zero_cost(make_router):
+    from serve_app.errors import UpstreamRejected
+
+    local = local_backend()
+    local.script(UpstreamRejected("no", backend="local"))
+    router = make_router(local=local)
+    response = await router.client().post("/v1/chat/completions", json=chat_body())
+    assert response.status_code == 400
+    assert local.streams[0].aclosed
+    (span,) = router.spans.get_finished_spans()
+    assert span.attributes["llm.outcome"] == "error" and span.attributes["error.type"] == "UpstreamRejected"
+    assert json.loads(span.attributes["langfuse.observation.cost_details"])["total"] == 0.0
+    assert router.metrics.counter("router_requests", outcome="error") == 1
