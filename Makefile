@@ -21,6 +21,9 @@ export HYBRID_LLM_CACHE_DIR ?= $(CURDIR)/$(STATE)
 # Ray Serve's HAProxy ingress: about 3x lower added latency and 2.6x the throughput of the default proxy
 # actor (docs/benchmarks.md). Set to 0 to use the default proxy.
 export RAY_SERVE_ENABLE_HA_PROXY ?= 1
+# Serve's HTTP proxy reads X-Request-Id before the router does: this middleware replaces an invalid one first
+# (docs/hardening.md).
+export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= serve_app.ingress:serve_http_middlewares
 
 .PHONY: install system-deps serve stop status test lint test-fast fuzz bench simulate rayservice check-rayservice deploy teardown verify clean
 

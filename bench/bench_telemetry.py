@@ -3,7 +3,7 @@
 One measured process, one run, ratios reported; not a test and never asserted. The loopback receivers run in a
 child process so their protobuf parsing does not compete for the measured interpreter's GIL (the export
 threads of the measured process do, as they would in a router replica). Each "request" streams CHUNKS synthetic
-OpenAI chunks through `Observation.observe` (begin, routed, observe, finish), like the router does:
+OpenAI chunks as the router does: begin, routed, the owner's tally of the chunks, priced, and `Observation.record`:
 
     bare      the same stream without any Observation (the floor)
     off       Telemetry with no exporter and no Langfuse (no-op tracer), metrics to a null sink
@@ -32,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from serve_app.chat import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
 from serve_app.telemetry.metrics import Instrument
@@ -78,6 +79,7 @@ async def bare(n: int, chunks: int) -> float:
 
 async def observed(telemetry: Telemetry, n: int, chunks: int) -> float:
     headers = {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    pricer = Pricer(telemetry.args)
     started = time.perf_counter()
     for i in range(n):
         obs = telemetry.begin(
@@ -88,14 +90,14 @@ async def observed(telemetry: Telemetry, n: int, chunks: int) -> float:
             max_tokens=64,
             prompt_tokens_estimated=100,
         )
-        try:
-            obs.routed(
-                backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="policy_cloud", fallback=False
-            )
-            async for _chunk in obs.observe(backend(chunks)):
-                pass
-        finally:
-            obs.finish(outcome="ok")
+        obs.routed(
+            backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="policy_cloud", fallback=False
+        )
+        tally = Tally(clock=telemetry.clock)
+        async for chunk in backend(chunks):
+            tally.add(chunk)
+        price = lambda usage: pricer(backend="cloud", model="claude-sonnet-4-6", usage=usage)  # noqa: E731
+        obs.record(finished_result(tally, outcome="ok", error=None, price=price, prompt_tokens_estimated=100))
     return (time.perf_counter() - started) / n
 
 

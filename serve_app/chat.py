@@ -1,15 +1,18 @@
-"""The chat service: decide, call the backend (falling back before the first byte), observe; no HTTP here.
+"""The chat service: decide, call the backend (falling back before the first byte), own each answer; no HTTP here.
 
 `ChatService.start` returns once the answering backend has produced its first chunk, so the HTTP edge can
-still send a real status for any failure up to that point. What follows the first chunk is the caller's to
-stream; the observation is finished by whoever ends the stream (see `ChatStream.chunks`).
+still send a real status for any failure up to that point. The `ChatStream` it returns is the one owner of the
+request's result: it accumulates usage from the chunks, prices it (cloud list prices, or the local GPU rate from
+the source it was given at the start), closes the upstream exactly once (`aclose`, or `async with`) and then
+hands the finished `ChatResult` to telemetry, which only records it. The HTTP edge renders from the stream.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
-from dataclasses import dataclass, field
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from serve_app.backends.anthropic_params import dropped_params, translated_params
@@ -27,56 +30,222 @@ from serve_app.routing import (
     prompt_chars,
     request_has_images,
 )
-from serve_app.telemetry import Observation, Telemetry
+from serve_app.telemetry import ChatResult, Observation, Telemetry
+from serve_app.telemetry.cost import RequestCost, request_cost
 from serve_app.telemetry.request_log import RequestFeatures
+from serve_app.usage import Usage, accumulate_openai_chunk
 
 logger = logging.getLogger(__name__)
 
+LocalRate = Callable[[], float | None]  # the local GPU's amortised USD per token, as last reported; None: unknown
+
 
 @dataclass
-class ChatStream:
-    """A started answer: the decision that holds, and the chunks (the first already received)."""
+class Tally:
+    """What the chunks of one answer said: usage (cumulative, assigned), model, finish reasons, first token."""
 
-    decision: RouteDecision
-    observation: Observation
-    first: dict[str, Any]
-    rest: AsyncIterator[dict[str, Any]]
-    dropped_params: tuple[str, ...] = ()  # request fields the answering backend did not get (X-Router-Dropped-Params)
-    _iterator: AsyncGenerator[dict[str, Any]] | None = field(default=None, init=False)
+    clock: Callable[[], float]
+    capture_text: bool = False
+    usage: Usage = field(default_factory=Usage)
+    usage_known: bool = False
+    chunks: int = 0
+    content_chunks: int = 0
+    first_token_at: float | None = None
+    first_token_ns: int | None = None
+    response_model: str | None = None
+    finish_reasons: dict[int, str] = field(default_factory=dict)
+    text: list[str] = field(default_factory=list)
 
-    def chunks(self) -> AsyncGenerator[dict[str, Any]]:
-        """All chunks, once; finishes the observation however the iteration ends (done, error, cancel)."""
-        if self._iterator is None:
-            self._iterator = self._chunks()
-        return self._iterator
+    unreadable: int = 0  # chunks whose accounting failed (malformed): they still reach the client
 
-    async def _chunks(self) -> AsyncGenerator[dict[str, Any]]:
-        outcome, error = "ok", None
+    def add(self, chunk: Mapping[str, Any]) -> None:
         try:
-            yield self.first
-            async for chunk in self.rest:
+            self._add(chunk)
+        except Exception:
+            self.unreadable += 1
+            logger.debug("a chunk could not be accounted", exc_info=True)
+
+    def _add(self, chunk: Mapping[str, Any]) -> None:
+        self.chunks += 1
+        if chunk.get("usage"):
+            self.usage = accumulate_openai_chunk(chunk=chunk, snapshot=self.usage)
+            self.usage_known = True
+        if model := chunk.get("model"):
+            self.response_model = model
+        for choice in chunk.get("choices") or ():
+            delta = choice.get("delta") or choice.get("message") or {}
+            content = delta.get("content")
+            if content or delta.get("tool_calls") or delta.get("reasoning_content"):
+                self.content_chunks += 1
+                if self.first_token_at is None:
+                    self.first_token_at, self.first_token_ns = self.clock(), time.time_ns()
+                if self.capture_text and isinstance(content, str):
+                    self.text.append(content)
+            if reason := choice.get("finish_reason"):
+                self.finish_reasons[int(choice.get("index") or 0)] = reason
+
+    def final_usage(self, outcome: str, *, prompt_tokens_estimated: int) -> tuple[Usage, bool]:
+        """Reported usage if any, else an estimate (flagged). A stream that ended early may have streamed more than
+        its last count says (Anthropic reports output tokens only at the end); every content chunk carries at least
+        one token, so the output is then at least the content chunks seen (flagged)."""
+        if self.chunks == 0:
+            return self.usage, False
+        if not self.usage_known:
+            return Usage(input=prompt_tokens_estimated, output=self.content_chunks), True
+        if outcome != "ok" and self.content_chunks > self.usage.output:
+            return replace(self.usage, output=self.content_chunks), True
+        return self.usage, False
+
+
+class Pricer:
+    """A request's cost on the backend that answered and its counterfactual on the other; None if it cannot tell.
+    Cloud tokens at the configured list prices; local ones at the GPU rate `local_rate` reports when asked."""
+
+    def __init__(self, args: RouterArgs, local_rate: LocalRate | None = None) -> None:
+        self._prices = dict(args.pricing.models) if args.pricing else {}
+        self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
+        self._local_rate = local_rate
+
+    def __call__(self, *, backend: str, model: str, usage: Usage) -> RequestCost | None:
+        try:
+            rate = self._local_rate() if self._local_rate is not None else None
+            return request_cost(
+                backend=backend,
+                model=model,
+                usage=usage,
+                prices=self._prices,
+                default_cloud_model=self._default_cloud_model,
+                local_usd_per_token=rate,
+            )
+        except Exception:
+            logger.debug("pricing failed", exc_info=True)
+            return None
+
+
+def finished_result(
+    tally: Tally,
+    *,
+    outcome: str,
+    error: BaseException | None,
+    price: Callable[[Usage], RequestCost | None],
+    prompt_tokens_estimated: int,
+) -> ChatResult:
+    """The result of an answer whose chunks made `tally`, ended with `outcome`."""
+    usage, estimated = tally.final_usage(outcome, prompt_tokens_estimated=prompt_tokens_estimated)
+    return ChatResult(
+        outcome=outcome,
+        error=error,
+        usage=usage,
+        usage_estimated=estimated,
+        cost=price(usage),
+        response_model=tally.response_model,
+        finish_reasons=tuple(tally.finish_reasons[i] for i in sorted(tally.finish_reasons)),
+        first_token_at=tally.first_token_at,
+        first_token_ns=tally.first_token_ns,
+        text="".join(tally.text) if tally.capture_text else None,
+        started=tally.chunks > 0,
+    )
+
+
+class ChatStream:
+    """A started answer and the one owner of its result; an async context manager that closes it on exit."""
+
+    def __init__(
+        self,
+        *,
+        decision: RouteDecision,
+        observation: Observation,
+        first: dict[str, Any],
+        upstream: AsyncIterator[dict[str, Any]],
+        tally: Tally,
+        price: Callable[[Usage], RequestCost | None],
+        prompt_tokens_estimated: int,
+        dropped_params: tuple[str, ...] = (),
+    ) -> None:
+        self.decision = decision
+        self.first = first
+        self.dropped_params = dropped_params  # request fields the answering backend did not get
+        self._observation = observation
+        self._upstream = upstream
+        self._tally = tally
+        self._price = price
+        self._prompt_tokens_estimated = prompt_tokens_estimated
+        self._outcome, self._error = "cancelled", None  # until the chunks say otherwise
+        self._closed = False
+        self.result: ChatResult | None = None
+
+    async def __aenter__(self) -> ChatStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """The answer's chunks, the first included; an upstream error is raised and becomes the outcome."""
+        yield self.first
+        try:
+            while True:
+                with self._observation.backend_step():
+                    try:
+                        chunk = await anext(self._upstream)
+                    except StopAsyncIteration:
+                        break
+                self._tally.add(chunk)
                 yield chunk
-        except BaseException as exc:  # cancellation included: it is an ending, recorded then re-raised
-            outcome = "error" if isinstance(exc, Exception) else "cancelled"
-            error = exc
+        except Exception as exc:
+            self._outcome, self._error = "error", exc
             raise
-        finally:
-            await _close(self.rest)
-            self.observation.finish(outcome=outcome, error=error)
+        self._outcome = "ok"
+
+    @property
+    def usage(self) -> Usage:
+        return self._tally.usage
+
+    @property
+    def cost_usd(self) -> float | None:
+        """Cost of the usage reported so far on the backend that answers; None until usage is known or unpriced."""
+        if not self._tally.usage_known:
+            return None
+        cost = self._price(self._tally.usage)
+        return None if cost is None or cost.actual is None else cost.actual.total
+
+    def billed(self) -> ChatResult:
+        """The result as it stands: once the chunks have ended (an error included), exactly what `aclose` hands to
+        telemetry, so the usage and cost the client is told match the router's metrics and generation."""
+        return self.result if self.result is not None else self._result()
 
     async def aclose(self) -> None:
-        """Ends the stream however the response ended (idempotent): closes the upstream before the observation is
-        finished, as cancelled unless the chunks already ended, so what the upstream produced is counted."""
-        if self._iterator is None:
-            await _close(self.rest)
-        else:
-            await _close(self._iterator)
-        self.observation.finish(outcome="cancelled")
+        """Closes the upstream, then hands the result to telemetry; once (later calls do nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await _close(self._upstream)
+        finally:
+            self.result = self._result()
+            self._observation.record(self.result)
+
+    def _result(self) -> ChatResult:
+        return finished_result(
+            self._tally,
+            outcome=self._outcome,
+            error=self._error,
+            price=self._price,
+            prompt_tokens_estimated=self._prompt_tokens_estimated,
+        )
 
 
 class ChatService:
-    def __init__(self, args: RouterArgs, *, backends: Mapping[str, Backend], telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        args: RouterArgs,
+        *,
+        backends: Mapping[str, Backend],
+        telemetry: Telemetry,
+        local_rate: LocalRate | None = None,
+    ) -> None:
         self._args = args
+        self._pricer = Pricer(args, local_rate)
         self._backends = dict(backends)
         self._telemetry = telemetry
         self._local = self._backends["local"]
@@ -144,6 +313,7 @@ class ChatService:
             user=request.user,
             messages=_messages_for_telemetry(request) if self._telemetry.capture_content else None,
         )
+        decision: RouteDecision | None = None
         try:
             route = self.route_input(request, prompt_tokens=prompt_tokens)
             if self._telemetry.request_log is not None:
@@ -160,29 +330,46 @@ class ChatService:
                 )
                 dropped = self._report_params(request, decision, observation)
                 fail_fast = decision.fallback_backend is not None  # set only when that backend was ready
-                chunks = observation.observe(
-                    backend.stream(request, model=decision.model, request_id=request_id, fail_fast=fail_fast)
-                )
+                upstream = backend.stream(request, model=decision.model, request_id=request_id, fail_fast=fail_fast)
                 try:
                     try:
-                        first = await anext(chunks)
+                        with observation.backend_step():
+                            first = await anext(upstream)
                     except StopAsyncIteration:
                         raise UpstreamUnavailable(
                             "the backend ended without an answer", backend=decision.backend
                         ) from None
                 except UpstreamError as exc:
-                    await _close(chunks)
+                    await _close(upstream)
                     if not (exc.retryable_elsewhere and decision.fallback_backend):
                         raise
                     logger.info("falling back from %s: %s", decision.backend, exc.kind)
                     decision = decision.after_failure()
                     continue
+                except BaseException:
+                    await _close(upstream)
+                    raise
+                tally = Tally(clock=self._telemetry.clock, capture_text=self._telemetry.capture_content)
+                tally.add(first)
                 return ChatStream(
-                    decision=decision, observation=observation, first=first, rest=chunks, dropped_params=dropped
+                    decision=decision,
+                    observation=observation,
+                    first=first,
+                    upstream=upstream,
+                    tally=tally,
+                    price=lambda usage, d=decision: self._pricer(backend=d.backend, model=d.model, usage=usage),
+                    prompt_tokens_estimated=prompt_tokens,
+                    dropped_params=dropped,
                 )
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
-            observation.finish(outcome=outcome, error=exc)
+            # No chunk, no tokens: a zero cost on the backend that was tried (Langfuse shows it), none unrouted.
+            cost = (
+                None
+                if decision is None
+                else self._pricer(backend=decision.backend, model=decision.model, usage=Usage())
+            )
+            observation.record(ChatResult(outcome=outcome, error=exc, cost=cost))
             raise
 
     @staticmethod

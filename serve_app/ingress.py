@@ -1,8 +1,9 @@
 """The router's HTTP edge and its Serve deployment: parse, call the chat service, render JSON or SSE.
 
-Handlers only translate types: bytes to a validated request, a `ChatStream` to a JSON body or an SSE
-stream, a `RouterError` to an OpenAI error body with its status. Up to the first chunk every failure gets
-a real status; after it the stream ends with an in-band error event and `[DONE]`, never a silent cut.
+Handlers only translate types: bytes to a validated request, a `ChatStream` (held in `async with`, which ends
+it) to a JSON body or an SSE stream, a `RouterError` to an OpenAI error body with its status. Up to the first
+chunk every failure gets a real status; after it the stream ends with an in-band error event and `[DONE]`, never
+a silent cut.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import logging
 import os
 import re
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -141,12 +142,12 @@ def create_app(
                 stream, _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
             )
         assembler = ChatAssembler()
-        async with _billed_on_error(stream):
+        async with _billed_on_error(stream), stream:
             async for chunk in stream.chunks():
                 assembler.add(chunk)
         body = assembler.completion(usage=_client_usage(stream))
-        if stream.observation.cost_usd is not None:
-            headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
+        if (cost := _cost_usd(stream)) is not None:
+            headers["X-Router-Cost-USD"] = f"{cost:.9f}"
         return JSONResponse(body, headers=headers)
 
     @app.post(MESSAGES_PATH, openapi_extra=_json_body("MessagesRequest"))
@@ -167,10 +168,10 @@ def create_app(
         if chat_request.stream:
             events = _anthropic_events(stream, message_id=message_id, model=model)
             return _ChatStreamResponse(stream, events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
-        async with _billed_on_error(stream):
+        async with _billed_on_error(stream), stream:
             chunks = [chunk async for chunk in stream.chunks()]
-        if stream.observation.cost_usd is not None:
-            headers["X-Router-Cost-USD"] = f"{stream.observation.cost_usd:.9f}"
+        if (cost := _cost_usd(stream)) is not None:
+            headers["X-Router-Cost-USD"] = f"{cost:.9f}"
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
     app.openapi = lambda: _with_request_schemas(app)  # type: ignore[method-assign]
@@ -197,23 +198,16 @@ def _with_request_schemas(app: FastAPI) -> dict[str, Any]:
 
 
 class _ChatStreamResponse(StreamingResponse):
-    """A StreamingResponse that ends its ChatStream however the response ends: done, the client gone before the
-    body ran, or gone while `send` blocked (Starlette leaves the body iterator suspended then, never closed)."""
+    """A StreamingResponse that owns its ChatStream: however the response ends (done, the client gone before the
+    body ran or while `send` blocked), leaving the `async with` closes the upstream and records the result."""
 
-    def __init__(self, stream: ChatStream, content: AsyncGenerator[bytes], **kwargs: Any) -> None:
+    def __init__(self, stream: ChatStream, content: AsyncIterator[bytes], **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self._chat_stream = stream
-        self._content = content
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        try:
+        async with self._chat_stream:
             await super().__call__(scope, receive, send)
-        finally:
-            try:
-                await self._content.aclose()
-            except Exception:
-                logger.debug("closing the response body failed", exc_info=True)
-            await self._chat_stream.aclose()
 
 
 MESSAGES_PATH = "/v1/messages"
@@ -293,10 +287,9 @@ _TYPE_LABELS = frozenset(
 
 
 async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> AsyncIterator[bytes]:
-    chunks = stream.chunks()
     first: dict[str, Any] = stream.first
     try:
-        async for chunk in chunks:
+        async for chunk in stream.chunks():
             out = client_chunk(chunk)
             if out is not None:
                 yield encode_data(out)
@@ -318,8 +311,6 @@ async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> Async
         if chat_request.wants_usage:
             yield _billed_usage_chunk(stream, first)
         yield encode_data(error_body(RouterError("internal error in the router")))
-    finally:
-        await chunks.aclose()
     yield DONE
 
 
@@ -330,18 +321,18 @@ async def _billed_on_error(stream: ChatStream) -> AsyncIterator[None]:
     try:
         yield
     except RouterError as exc:
-        usage = stream.observation.usage
+        usage = stream.billed().usage
         if usage.total_tokens:
             exc.billing_headers = {  # type: ignore[attr-defined]
                 "X-Router-Usage": json.dumps(usage.to_openai(), separators=(",", ":")),
-                **({} if (cost := stream.observation.cost_usd) is None else {"X-Router-Cost-USD": f"{cost:.9f}"}),
+                **({} if (cost := _cost_usd(stream)) is None else {"X-Router-Cost-USD": f"{cost:.9f}"}),
             }
         raise
 
 
 def _billed_usage_chunk(stream: ChatStream, first: dict[str, Any]) -> bytes:
-    """Before an in-band error: the usage the router billed for what was streamed (the observation has ended, so
-    this is what its metrics and generation count), so a client's totals can still match the router's."""
+    """Before an in-band error: the usage the router bills for what was streamed (what its metrics and generation
+    count), so a client's totals can still match the router's."""
     model = str(first.get("model") or stream.decision.model)
     chunk = usage_chunk(
         chunk_id=str(first.get("id", "")),
@@ -354,9 +345,8 @@ def _billed_usage_chunk(stream: ChatStream, first: dict[str, Any]) -> bytes:
 
 async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) -> AsyncIterator[bytes]:
     state = new_event_state(message_id=message_id, model=model)
-    chunks = stream.chunks()
     try:
-        async for chunk in chunks:
+        async for chunk in stream.chunks():
             state, events = events_from_chunk(state, chunk)
             for event in events:
                 yield encode_event(event["type"], event)
@@ -364,22 +354,26 @@ async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) 
         for event in events:
             yield encode_event(event["type"], event)
     except RouterError as exc:
-        yield encode_event("message_delta", usage_event(stream.observation.usage))  # what was billed, as above
+        yield encode_event("message_delta", usage_event(stream.billed().usage))  # what is billed, as above
         yield encode_event("error", error_event(exc))
     except Exception:
         logger.exception("messages stream failed after the first byte")
-        yield encode_event("message_delta", usage_event(stream.observation.usage))
+        yield encode_event("message_delta", usage_event(stream.billed().usage))
         yield encode_event("error", error_event(RouterError("internal error in the router")))
-    finally:
-        await chunks.aclose()
 
 
 def _client_usage(stream: ChatStream) -> dict[str, Any]:
-    usage = stream.observation.usage.to_openai()
-    cost = stream.observation.cost_usd
+    usage = stream.billed().usage.to_openai()
+    cost = _cost_usd(stream)
     if cost is not None:
         usage["cost_usd"] = round(cost, 9)
     return usage
+
+
+def _cost_usd(stream: ChatStream) -> float | None:
+    """What the router bills for the answer on the backend that gave it; None when it cannot price it."""
+    cost = stream.billed().cost
+    return None if cost is None or cost.actual is None else cost.actual.total
 
 
 def _presented_key(request: Request) -> str | None:
@@ -457,13 +451,13 @@ class RouterDeployment:
     async def __init__(self, args: RouterArgs) -> None:
         self._args = args
         local = LocalBackend(args.local, args.routing)
-        telemetry = Telemetry.from_args(args, local_rate=local.usd_per_token)
+        telemetry = Telemetry.from_args(args)
         backends: dict[str, Any] = {"local": local}
         if args.cloud.enabled:
             from serve_app.backends.anthropic import AnthropicBackend
 
             backends["cloud"] = AnthropicBackend(args.cloud, tracer_provider=telemetry.client_tracer_provider)
-        self._service = ChatService(args, backends=backends, telemetry=telemetry)
+        self._service = ChatService(args, backends=backends, telemetry=telemetry, local_rate=local.usd_per_token)
         self._keys = ApiKeys.load(args.auth)
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())
 

@@ -1,4 +1,4 @@
-"""The router replica's telemetry: one TracerProvider, metrics, Langfuse and request cost per process.
+"""The router replica's telemetry: one TracerProvider, metrics and Langfuse per process; it records, never computes.
 
 Built once in the deployment's `__init__`; hands out one `Observation` per request. Exporters run in
 background threads behind bounded queues, so a telemetry backend that is down or hanging never reaches the
@@ -21,7 +21,6 @@ from opentelemetry.trace import SpanKind
 
 from serve_app.config import RouterArgs
 from serve_app.routing import ALIASES
-from serve_app.telemetry.cost import RequestCost, request_cost
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
 from serve_app.telemetry.observation import Observation
@@ -57,7 +56,6 @@ class Telemetry:
         otlp_accounting: ExportAccounting | None = None,
         langfuse_accounting: ExportAccounting | None = None,
         shutdown_timeout_s: float = 2.0,
-        local_rate: Callable[[], float | None] | None = None,
         request_log: RequestLog | None = None,
     ) -> None:
         self.args = args
@@ -74,9 +72,6 @@ class Telemetry:
         # For the backends' HTTP client instrumentation: their spans are children of the router span, exported
         # with it; None when no span leaves the process (then there is nothing to be a child of).
         self.client_tracer_provider: TracerProvider | None = provider if tracing_active else None
-        self._prices = dict(args.pricing.models) if args.pricing else {}
-        self._default_cloud_model = args.cloud.model if args.cloud.enabled else None
-        self._local_rate = local_rate
         self._span_models = frozenset({args.local.model_id, *args.cloud.model_ids, *ALIASES})
         self._shutdown_timeout_s = shutdown_timeout_s
         self._shut = False
@@ -93,13 +88,10 @@ class Telemetry:
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] | None = None,
         shutdown_timeout_s: float = 2.0,
-        local_rate: Callable[[], float | None] | None = None,
     ) -> Telemetry:
         """Builds the process's telemetry. A given `tracer_provider` is used as is (the caller owns its
         processors and shutdown); otherwise one is built with an OTLP exporter when the OTel endpoint variables
-        are set. Langfuse is built from its key variables unless a client is given (or `langfuse=False`).
-        `local_rate` gives the local GPU's current USD per token (the model replica reports it); without it
-        local requests have no cost."""
+        are set. Langfuse is built from its key variables unless a client is given (or `langfuse=False`)."""
         env = os.environ if environ is None else environ
         models = {args.local.model_id, *args.cloud.model_ids, *ALIASES}
         metrics = RouterMetrics(meter if meter is not None else RayMetricsSink(), models=models)
@@ -149,7 +141,6 @@ class Telemetry:
             otlp_accounting=accounting,
             langfuse_accounting=langfuse_accounting,
             shutdown_timeout_s=shutdown_timeout_s,
-            local_rate=local_rate,
             request_log=request_log,
         )
 
@@ -245,24 +236,6 @@ class Telemetry:
             except Exception:
                 self.metrics.dropped_items("span")
         return attrs
-
-    # ---- cost -----------------------------------------------------------------------------------------------
-
-    def price(self, *, backend: str, model: str, usage: Any) -> RequestCost:
-        rate = None
-        if self._local_rate is not None:
-            try:
-                rate = self._local_rate()
-            except Exception:
-                self.metrics.dropped_items("span")
-        return request_cost(
-            backend=backend,
-            model=model,
-            usage=usage,
-            prices=self._prices,
-            default_cloud_model=self._default_cloud_model,
-            local_usd_per_token=rate,
-        )
 
     # ---- state and lifecycle --------------------------------------------------------------------------------
 

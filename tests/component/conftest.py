@@ -68,6 +68,7 @@ def build_router(
     args: RouterArgs | None = None,
     keys: ApiKeys | None = None,
     cloud_standin: bool = False,
+    local_rate: Callable[[], float | None] | None = None,
 ) -> Router:
     """`cloud=True`: a ready FakeBackend; `cloud=None`: no cloud backend; else the given backend."""
     args = args or router_args()
@@ -81,7 +82,7 @@ def build_router(
     backends: dict[str, Backend] = {"local": local}
     if cloud_backend_ is not None:
         backends["cloud"] = cloud_backend_
-    service = ChatService(args, backends=backends, telemetry=telemetry)
+    service = ChatService(args, backends=backends, telemetry=telemetry, local_rate=local_rate)
     keys = keys or ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY})
     app = create_app(service, keys=keys, max_request_bytes=args.max_request_bytes, cloud_standin=cloud_standin)
     return Router(app, service, telemetry, metrics, exporter, local, cloud_backend_)

@@ -65,7 +65,7 @@ class Harness:
             self.server_errors.append(f"{path} {response.status_code} {response.text[:300]} <- {sent!r:.300}")
         total = sum(self.statuses.values())
         if total % 500 == 0:
-            self.router.spans.clear()  # the in-memory exporter is the test's, not the app's: keep it from growing
+            _forget(self.router)
         if total == WARM_UP:
             self.rss_warm = psutil.Process().memory_info().rss
 
@@ -104,6 +104,15 @@ def harness() -> Iterator[Harness]:
             "examples_per_strategy": EXAMPLES,
         }
         Path(REPORT).write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def _forget(router: Router) -> None:
+    """Empties what the test's stand-ins record (every span, every backend call and stream): theirs, not the app's."""
+    router.spans.clear()
+    for backend in (router.local, router.cloud):
+        if backend is not None:
+            backend.calls.clear()  # type: ignore[attr-defined]
+            backend.streams.clear()  # type: ignore[attr-defined]
 
 
 def _no_server_errors(harness: Harness) -> None:
@@ -266,3 +275,51 @@ def test_fuzz_abusive_headers_never_get_a_5xx(harness, path):
 
     run()
     _no_server_errors(harness)
+
+
+# ---- the app's memory without the generators: `python -m tests.component.test_fuzz_ingress [rounds]` -----------
+
+MEMORY_BODIES = [
+    json.dumps(chat_body()).encode(),
+    b'{"model": "auto", "messages": [',
+    json.dumps(chat_body(model="no-such-model")).encode(),
+    ("[" * 5000 + "]" * 5000).encode(),
+]
+
+
+async def _memory_round(router: Router, client: httpx.AsyncClient, n: int) -> None:
+    """11 requests: 4 fixed bodies on both routes, unknown fields named anew, a stream, abusive id and traceparent."""
+    for body in MEMORY_BODIES:
+        for path in ROUTES:
+            await client.post(path, content=body)
+    await client.post("/v1/chat/completions", json=chat_body(**{f"field_{n}_{os.urandom(8).hex()}": 1}))
+    await client.post("/v1/chat/completions", json=chat_body(stream=True))
+    await client.post(
+        "/v1/chat/completions", json=chat_body(), headers={"x-request-id": "a b" * 50, "traceparent": "x"}
+    )
+    if n % 50 == 0:
+        _forget(router)
+
+
+async def measure_memory(rounds: int) -> dict[str, float]:
+    """RSS after a warm-up of `rounds` rounds and after `rounds` more: the app's own growth under bad input."""
+    import gc
+
+    router = build_router(args=router_args(max_request_bytes=LIMIT))
+    headers = {"authorization": f"Bearer {API_KEY}"}
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=router.app), base_url=BASE_URL, headers=headers)
+    rss: list[float] = []
+    for phase in range(2):
+        for n in range(rounds):
+            await _memory_round(router, client, phase * rounds + n)
+        gc.collect()
+        rss.append(psutil.Process().memory_info().rss / 2**20)
+    await client.aclose()
+    router.telemetry.shutdown()
+    return {"requests_per_phase": rounds * 11, "rss_after_warm_up_mib": rss[0], "rss_at_end_mib": rss[1]}
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(json.dumps(asyncio.run(measure_memory(int(sys.argv[1]) if len(sys.argv) > 1 else 1000)), indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 import uuid
@@ -14,8 +13,9 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from serve_app.chat import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
-from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+from serve_app.telemetry import InMemoryMetricsSink, Observation, Telemetry
 from serve_app.telemetry.tracing import TRACER_NAME
 from tests.support.langfuse_standin import LangfuseStandin
 from tests.support.otlp_receiver import OtlpGrpcReceiver, OtlpHttpReceiver
@@ -76,26 +76,25 @@ async def one_request(
         max_tokens=32,
         prompt_tokens_estimated=10,
     )
-    try:
-        if backend_name == "cloud":
-            obs.routed(
-                backend="cloud",
-                provider="anthropic",
-                model="claude-sonnet-4-6",
-                reason="explicit_cloud",
-                fallback=False,
-            )
-            chunks = backend(usage)
-        else:
-            obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
-            chunks = backend(usage, model="local-model")
-        async for _ in obs.observe(chunks):
-            pass
-    except BaseException as exc:
-        obs.finish(outcome="error", error=exc)
-        raise
-    finally:
-        obs.finish(outcome="ok")
+    if backend_name == "cloud":
+        model = "claude-sonnet-4-6"
+        obs.routed(backend="cloud", provider="anthropic", model=model, reason="explicit_cloud", fallback=False)
+    else:
+        model = "local-model"
+        obs.routed(backend="local", provider="vllm", model=model, reason="policy_local", fallback=False)
+    await _finish(obs, telemetry, backend(usage, model=model), backend_name=backend_name, model=model, outcome="ok")
+
+
+async def _finish(
+    obs: Observation, telemetry: Telemetry, chunks: AsyncIterator[dict], *, backend_name: str, model: str, outcome: str
+) -> None:
+    """What the request's owner (ChatStream) records: the tally of the chunks, priced, with the outcome."""
+    tally = Tally(clock=telemetry.clock)
+    async for chunk in chunks:
+        tally.add(chunk)
+    pricer = Pricer(telemetry.args, lambda: LOCAL_USD_PER_TOKEN)
+    price = lambda usage: pricer(backend=backend_name, model=model, usage=usage)  # noqa: E731
+    obs.record(finished_result(tally, outcome=outcome, error=None, price=price, prompt_tokens_estimated=10))
 
 
 async def cancelled_request(telemetry: Telemetry, request_id: str) -> None:
@@ -111,7 +110,7 @@ async def cancelled_request(telemetry: Telemetry, request_id: str) -> None:
         backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
     )
 
-    async def stalls() -> AsyncIterator[dict]:
+    async def until_cancelled() -> AsyncIterator[dict]:
         yield {
             "model": "claude-sonnet-4-6",
             "choices": [{"index": 0, "delta": {"content": "a"}}],
@@ -122,23 +121,10 @@ async def cancelled_request(telemetry: Telemetry, request_id: str) -> None:
             "choices": [{"index": 0, "delta": {"content": "b"}}],
             "usage": {"prompt_tokens": 120, "completion_tokens": 2},
         }
-        await asyncio.sleep(3600)
 
-    async def handler() -> None:
-        try:
-            async for _ in obs.observe(stalls()):
-                pass
-        except asyncio.CancelledError:
-            obs.finish(outcome="cancelled")
-            raise
-        finally:
-            obs.finish(outcome="ok")
-
-    task = asyncio.create_task(handler())
-    await asyncio.sleep(0.02)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+    await _finish(
+        obs, telemetry, until_cancelled(), backend_name="cloud", model="claude-sonnet-4-6", outcome="cancelled"
+    )
 
 
 async def test_spans_reach_an_otlp_http_receiver_with_resource_and_parent() -> None:
@@ -178,9 +164,7 @@ async def test_one_langfuse_generation_per_observation_with_exact_usage_and_cost
     secret = "sk-lf-test"
     with OtlpHttpReceiver() as tempo, LangfuseStandin(public_key=f"pk-lf-{uuid.uuid4().hex}", secret_key=secret) as lf:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url, **langfuse_env(lf, secret)}
-        telemetry = Telemetry.from_args(
-            router_args(), meter=InMemoryMetricsSink(), environ=env, local_rate=lambda: LOCAL_USD_PER_TOKEN
-        )
+        telemetry = Telemetry.from_args(router_args(), meter=InMemoryMetricsSink(), environ=env)
         assert telemetry.langfuse is not None
         usages = {
             f"cloud-{i}": {

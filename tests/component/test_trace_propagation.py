@@ -51,9 +51,9 @@ def _request(model: str) -> ChatCompletionRequest:
 
 
 async def _serve(service: ChatService, model: str, request_id: str) -> None:
-    stream = await service.start(_request(model), request_id=request_id, headers={})
-    async for _ in stream.chunks():
-        pass
+    async with await service.start(_request(model), request_id=request_id, headers={}) as stream:
+        async for _ in stream.chunks():
+            pass
 
 
 def _parent_of(traceparent: str) -> tuple[str, str]:

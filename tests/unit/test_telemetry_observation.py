@@ -1,8 +1,8 @@
-"""Observation: one span per request with GenAI + Langfuse attributes, metrics, cost; idempotent finish."""
+"""Observation: one span per request with GenAI + Langfuse attributes and metrics, recorded from the result that
+the request's owner built (the real `Tally`, `Pricer` and `finished_result` of serve_app.chat); idempotent."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -13,9 +13,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
+from serve_app.chat import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
 from serve_app.errors import UpstreamOverloaded
-from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+from serve_app.telemetry import ChatResult, InMemoryMetricsSink, Telemetry
 from serve_app.telemetry.metrics import REQUESTED
 from serve_app.telemetry.tracing import build_sampler
 
@@ -42,9 +43,7 @@ class LocalRate:
         return self.value
 
 
-def make(
-    capture_content: bool = False, local_rate: LocalRate | None = None
-) -> tuple[Telemetry, InMemorySpanExporter, InMemoryMetricsSink, Clock]:
+def make(capture_content: bool = False) -> tuple[Telemetry, InMemorySpanExporter, InMemoryMetricsSink, Clock]:
     args = RouterArgs.model_validate(
         {
             "local": {"model_id": "local-model"},
@@ -61,9 +60,7 @@ def make(
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     sink = InMemoryMetricsSink()
     clock = Clock()
-    telemetry = Telemetry.from_args(
-        args, tracer_provider=provider, meter=sink, langfuse=False, clock=clock, environ={}, local_rate=local_rate
-    )
+    telemetry = Telemetry.from_args(args, tracer_provider=provider, meter=sink, langfuse=False, clock=clock, environ={})
     return telemetry, exporter, sink, clock
 
 
@@ -91,6 +88,39 @@ async def stream(chunks: list[dict], clock: Clock, step: float = 0.1) -> AsyncIt
         yield c
 
 
+async def observe(telemetry: Telemetry, chunks: AsyncIterator[dict]) -> Tally:
+    """What the request's owner (ChatStream) learns from the chunks."""
+    tally = Tally(clock=telemetry.clock, capture_text=telemetry.capture_content)
+    async for c in chunks:
+        tally.add(c)
+    return tally
+
+
+def finish(
+    obs: Any,
+    telemetry: Telemetry,
+    tally: Tally | None = None,
+    *,
+    outcome: str,
+    error: BaseException | None = None,
+    backend: str = "cloud",
+    model: str = "claude-sonnet-4-6",
+    local_rate: LocalRate | None = None,
+    prompt_tokens_estimated: int = 90,
+) -> Any:
+    """Records the result ChatStream would hand over for `tally` ended with `outcome`; returns it."""
+    pricer = Pricer(telemetry.args, local_rate)
+    result = finished_result(
+        tally or Tally(clock=telemetry.clock),
+        outcome=outcome,
+        error=error,
+        price=lambda usage: pricer(backend=backend, model=model, usage=usage),
+        prompt_tokens_estimated=prompt_tokens_estimated,
+    )
+    obs.record(result)
+    return result
+
+
 def begin(telemetry: Telemetry, **overrides: Any):
     kwargs: dict[str, Any] = dict(
         request_id="req-1", headers={}, requested_model="auto", stream=True, max_tokens=64, prompt_tokens_estimated=90
@@ -116,14 +146,11 @@ async def test_observation_ok_stream_sets_genai_and_langfuse_attributes() -> Non
         "completion_tokens": 40,
         "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 50},
     }
-    seen = [
-        c
-        async for c in obs.observe(
-            stream([chunk(""), chunk("Hel"), chunk("lo"), chunk(finish="stop", usage=usage)], clock)
-        )
-    ]
-    assert len(seen) == 4
-    obs.finish(outcome="ok")
+    tally = await observe(
+        telemetry, stream([chunk(""), chunk("Hel"), chunk("lo"), chunk(finish="stop", usage=usage)], clock)
+    )
+    assert tally.chunks == 4
+    finish(obs, telemetry, tally, outcome="ok")
 
     (span,) = exporter.get_finished_spans()
     a = span.attributes
@@ -185,45 +212,23 @@ async def test_observation_finish_is_idempotent() -> None:
     telemetry, exporter, sink, _ = make()
     obs = begin(telemetry)
     obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
-    obs.finish(outcome="ok")
-    obs.finish(outcome="error", error=RuntimeError("late"))
-    obs.finish(outcome="cancelled")
+    finish(obs, telemetry, outcome="ok", backend="local", model="local-model")
+    finish(obs, telemetry, outcome="error", error=RuntimeError("late"))
+    finish(obs, telemetry, outcome="cancelled")
     assert len(exporter.get_finished_spans()) == 1
     assert sink.counter("router_requests") == 1
     assert sink.counter("router_requests", outcome="ok") == 1
 
 
 async def test_observation_cancelled_mid_stream_keeps_partial_usage() -> None:
-    telemetry, exporter, sink, _ = make()
+    telemetry, exporter, sink, clock = make()
     obs = begin(telemetry)
     routed_cloud(obs)
-    closed = asyncio.Event()
-
-    async def backend() -> AsyncIterator[dict]:
-        try:
-            yield chunk("a", usage={"prompt_tokens": 200, "completion_tokens": 1})
-            yield chunk("b", usage={"prompt_tokens": 200, "completion_tokens": 2})
-            await asyncio.sleep(3600)
-            yield chunk("never")
-        finally:
-            closed.set()
-
-    async def handler() -> None:
-        try:
-            async for _ in obs.observe(backend()):
-                pass
-        except asyncio.CancelledError:
-            obs.finish(outcome="cancelled")
-            raise
-        finally:
-            obs.finish(outcome="ok")  # idempotent: the first finish wins
-
-    task = asyncio.create_task(handler())
-    await asyncio.sleep(0.01)
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
-    assert closed.is_set()  # closing the observer closed the backend stream
+    chunks = [
+        chunk("a", usage={"prompt_tokens": 200, "completion_tokens": 1}),
+        chunk("b", usage={"prompt_tokens": 200, "completion_tokens": 2}),
+    ]
+    result = finish(obs, telemetry, await observe(telemetry, stream(chunks, clock)), outcome="cancelled")
     (span,) = exporter.get_finished_spans()
     a = span.attributes
     assert a["llm.outcome"] == "cancelled" and "error.type" not in a
@@ -232,7 +237,7 @@ async def test_observation_cancelled_mid_stream_keeps_partial_usage() -> None:
     cost = json.loads(a["langfuse.observation.cost_details"])
     assert cost["total"] == pytest.approx((200 * 3.0 + 2 * 15.0) / 1e6, abs=EPS)
     assert sink.counter("router_requests", outcome="cancelled") == 1
-    assert obs.usage.output == 2
+    assert result.usage.output == 2
 
 
 async def test_observation_error_records_router_error_kind() -> None:
@@ -240,14 +245,7 @@ async def test_observation_error_records_router_error_kind() -> None:
     obs = begin(telemetry, stream=False)
     routed_cloud(obs)
 
-    async def failing() -> AsyncIterator[dict]:
-        raise UpstreamOverloaded("busy", backend="cloud")
-        yield {}  # pragma: no cover
-
-    with pytest.raises(UpstreamOverloaded) as caught:
-        async for _ in obs.observe(failing()):
-            pass
-    obs.finish(outcome="error", error=caught.value)
+    finish(obs, telemetry, outcome="error", error=UpstreamOverloaded("busy", backend="cloud"))
     (span,) = exporter.get_finished_spans()
     assert span.status.status_code is StatusCode.ERROR
     assert span.attributes["error.type"] == "UpstreamOverloaded"
@@ -260,7 +258,7 @@ async def test_observation_error_records_router_error_kind() -> None:
 async def test_observation_error_with_plain_exception_uses_class_name() -> None:
     telemetry, exporter, _, _ = make()
     obs = begin(telemetry)
-    obs.finish(outcome="error", error=TimeoutError())
+    obs.record(ChatResult(outcome="error", error=TimeoutError()))  # failed before any backend: no usage, no cost
     (span,) = exporter.get_finished_spans()
     assert span.attributes["error.type"] == "TimeoutError"
     assert "llm.cost_usd" not in span.attributes  # never routed: no backend, no cost
@@ -275,9 +273,8 @@ async def test_observation_fallback_counts_once_and_cost_follows_the_answering_b
     obs.routed(
         backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="fallback_local_error", fallback=True
     )
-    async for _ in obs.observe(stream([chunk("x", usage={"prompt_tokens": 10, "completion_tokens": 1})], clock)):
-        pass
-    obs.finish(outcome="ok")
+    tally = await observe(telemetry, stream([chunk("x", usage={"prompt_tokens": 10, "completion_tokens": 1})], clock))
+    finish(obs, telemetry, tally, outcome="ok")
     a = exporter.get_finished_spans()[0].attributes
     assert a["llm.backend"] == "cloud" and a["llm.fallback"] is True and a["gen_ai.provider.name"] == "anthropic"
     assert sink.counter("router_fallbacks", backend="cloud", route_reason="fallback_local_error") == 1
@@ -287,16 +284,15 @@ async def test_observation_fallback_counts_once_and_cost_follows_the_answering_b
 
 async def test_observation_local_cost_uses_the_reported_gpu_rate_and_cloud_counterfactual_recorded() -> None:
     rate = LocalRate(5e-6)  # USD per token, as the model replica's GPU ledger last reported it
-    telemetry, exporter, sink, clock = make(local_rate=rate)
+    telemetry, exporter, sink, clock = make()
     obs = begin(telemetry)
     obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
     chunks = [
         chunk("x", model="local-model"),
         chunk(model="local-model", finish="stop", usage={"prompt_tokens": 300, "completion_tokens": 100}),
     ]
-    async for _ in obs.observe(stream(chunks, clock, step=1.0)):
-        pass
-    obs.finish(outcome="ok")
+    tally = await observe(telemetry, stream(chunks, clock, step=1.0))
+    finish(obs, telemetry, tally, outcome="ok", backend="local", model="local-model", local_rate=rate)
     a = exporter.get_finished_spans()[0].attributes
     assert a["llm.cost_usd"] == pytest.approx(400 * 5e-6, abs=EPS)
     assert json.loads(a["langfuse.observation.cost_details"])["input"] == pytest.approx(300 * 5e-6, abs=EPS)
@@ -312,21 +308,21 @@ async def test_observation_local_cost_uses_the_reported_gpu_rate_and_cloud_count
     obs2.routed(
         backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
     )
-    async for _ in obs2.observe(stream([chunk("y", usage={"prompt_tokens": 40, "completion_tokens": 10})], clock)):
-        pass
-    obs2.finish(outcome="ok")
+    tally2 = await observe(telemetry, stream([chunk("y", usage={"prompt_tokens": 40, "completion_tokens": 10})], clock))
+    finish(obs2, telemetry, tally2, outcome="ok", local_rate=rate)
     a2 = exporter.get_finished_spans()[1].attributes
     assert a2["llm.counterfactual_cost_usd"] == pytest.approx(50 * 2e-6, abs=EPS)
 
 
 async def test_observation_local_cost_is_unknown_until_the_model_replica_reports_a_rate() -> None:
-    telemetry, exporter, _, clock = make(local_rate=LocalRate(None))
+    telemetry, exporter, _, clock = make()
     obs = begin(telemetry)
     obs.routed(backend="local", provider="vllm", model="local-model", reason="policy_local", fallback=False)
-    async for _ in obs.observe(stream([chunk("x", usage={"prompt_tokens": 3, "completion_tokens": 1})], clock)):
-        pass
-    obs.finish(outcome="ok")
-    assert obs.cost_usd is None
+    tally = await observe(telemetry, stream([chunk("x", usage={"prompt_tokens": 3, "completion_tokens": 1})], clock))
+    result = finish(
+        obs, telemetry, tally, outcome="ok", backend="local", model="local-model", local_rate=LocalRate(None)
+    )
+    assert result.cost is not None and result.cost.actual is None
     assert "llm.cost_usd" not in exporter.get_finished_spans()[0].attributes
 
 
@@ -337,14 +333,13 @@ async def test_observation_early_end_counts_at_least_the_streamed_content_chunks
     obs = begin(telemetry)
     routed_cloud(obs)
     start = chunk("", usage={"prompt_tokens": 200, "completion_tokens": 1})
-    async for _ in obs.observe(stream([start, *(chunk(w) for w in "abcde")], clock)):
-        pass
-    obs.finish(outcome=outcome)
+    tally = await observe(telemetry, stream([start, *(chunk(w) for w in "abcde")], clock))
+    result = finish(obs, telemetry, tally, outcome=outcome)
     a = exporter.get_finished_spans()[0].attributes
     assert a["gen_ai.usage.input_tokens"] == 200 and a["gen_ai.usage.output_tokens"] == 5
     assert a["llm.usage.estimated"] is True
     assert sink.counter("router_tokens", token_type="output") == 5
-    assert obs.cost_usd == pytest.approx((200 * 3.0 + 5 * 15.0) / 1e6, abs=EPS)
+    assert result.cost.actual.total == pytest.approx((200 * 3.0 + 5 * 15.0) / 1e6, abs=EPS)
 
 
 async def test_observation_finished_stream_keeps_the_reported_count() -> None:
@@ -353,9 +348,7 @@ async def test_observation_finished_stream_keeps_the_reported_count() -> None:
     routed_cloud(obs)
     chunks = [chunk("ab", usage={"prompt_tokens": 10, "completion_tokens": 1}), chunk("cd"), chunk("ef")]
     chunks.append(chunk(None, finish="stop", usage={"prompt_tokens": 10, "completion_tokens": 2}))
-    async for _ in obs.observe(stream(chunks, clock)):
-        pass
-    obs.finish(outcome="ok")
+    finish(obs, telemetry, await observe(telemetry, stream(chunks, clock)), outcome="ok")
     a = exporter.get_finished_spans()[0].attributes
     assert a["gen_ai.usage.output_tokens"] == 2 and "llm.usage.estimated" not in a  # the upstream's word is final
 
@@ -364,24 +357,13 @@ async def test_observation_without_reported_usage_estimates_and_flags_it() -> No
     telemetry, exporter, _, clock = make()
     obs = begin(telemetry, prompt_tokens_estimated=77)
     routed_cloud(obs)
-    assert obs.cost_usd is None
-    async for _ in obs.observe(stream([chunk("a"), chunk("b"), chunk("c")], clock)):
-        pass
-    assert obs.cost_usd is None  # still unknown: no usage reported
-    obs.finish(outcome="cancelled")
+    tally = await observe(telemetry, stream([chunk("a"), chunk("b"), chunk("c")], clock))
+    assert not tally.usage_known  # no usage reported
+    result = finish(obs, telemetry, tally, outcome="cancelled", prompt_tokens_estimated=77)
     a = exporter.get_finished_spans()[0].attributes
     assert a["llm.usage.estimated"] is True
     assert a["gen_ai.usage.input_tokens"] == 77 and a["gen_ai.usage.output_tokens"] == 3
-    assert obs.cost_usd == pytest.approx((77 * 3.0 + 3 * 15.0) / 1e6, abs=EPS)
-
-
-async def test_observation_cost_usd_is_live_once_usage_is_known() -> None:
-    telemetry, _, _, clock = make()
-    obs = begin(telemetry)
-    routed_cloud(obs)
-    async for _ in obs.observe(stream([chunk("a", usage={"prompt_tokens": 1000, "completion_tokens": 0})], clock)):
-        assert obs.cost_usd == pytest.approx(0.003, abs=EPS)
-    obs.finish(outcome="ok")
+    assert result.cost.actual.total == pytest.approx((77 * 3.0 + 3 * 15.0) / 1e6, abs=EPS)
 
 
 async def test_observation_captures_content_only_when_opted_in() -> None:
@@ -392,9 +374,7 @@ async def test_observation_captures_content_only_when_opted_in() -> None:
         obs.routed(
             backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
         )
-        async for _ in obs.observe(stream([chunk("Hel"), chunk("lo")], clock)):
-            pass
-        obs.finish(outcome="ok")
+        finish(obs, telemetry, await observe(telemetry, stream([chunk("Hel"), chunk("lo")], clock)), outcome="ok")
         a = exporter.get_finished_spans()[0].attributes
         text = json.dumps(dict(a))
         if capture:
@@ -404,20 +384,11 @@ async def test_observation_captures_content_only_when_opted_in() -> None:
             assert "secret prompt" not in text and "Hello" not in text
 
 
-async def test_observation_passes_chunks_through_untouched() -> None:
-    telemetry, _, _, clock = make()
-    obs = begin(telemetry)
-    originals = [chunk("a"), {"weird": True}, chunk(finish="length")]
-    seen = [c async for c in obs.observe(stream(originals, clock))]
-    assert all(s is o for s, o in zip(seen, originals, strict=True))
-    obs.finish(outcome="ok")
-
-
 async def test_observation_closed_label_values() -> None:
     telemetry, _, sink, _ = make()
     obs = begin(telemetry, requested_model="some-unknown-model-id-from-a-client")
     obs.routed(backend="cloud", provider="anthropic", model="claude-made-up", reason="Weird Reason!", fallback=False)
-    obs.finish(outcome="ok")
+    finish(obs, telemetry, outcome="ok", model="claude-made-up")
     assert sink.counter("router_requests", model="other", route_reason="other", requested="concrete") == 1
 
 
@@ -431,7 +402,7 @@ async def test_observation_requested_label_is_the_alias_or_concrete(requested, l
     obs.routed(
         backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
     )
-    obs.finish(outcome="ok")
+    finish(obs, telemetry, outcome="ok", model="claude-sonnet-4-6")
     assert sink.counter("router_requests", requested=label) == 1
     assert label in REQUESTED
 
@@ -440,7 +411,7 @@ async def test_trace_headers_continue_the_request_span() -> None:
     telemetry, exporter, _, _ = make()
     obs = begin(telemetry, headers={"traceparent": TRACEPARENT})
     headers = obs.trace_headers()
-    obs.finish(outcome="ok")
+    obs.record(ChatResult(outcome="ok"))
     span = exporter.get_finished_spans()[0]
     assert headers["traceparent"].split("-")[2] == f"{span.context.span_id:016x}"
 
@@ -453,9 +424,8 @@ def test_telemetry_without_exporters_uses_a_noop_tracer() -> None:
         request_id="r", headers={}, requested_model="local", stream=False, max_tokens=None, prompt_tokens_estimated=1
     )
     obs.routed(backend="local", provider="vllm", model="local-model", reason="explicit_local", fallback=False)
-    obs.finish(outcome="ok")
+    obs.record(ChatResult(outcome="ok"))
     assert sink.counter("router_requests", backend="local", outcome="ok") == 1
-    assert obs.cost_usd == 0.0  # no tokens, no cost
     telemetry.shutdown()
 
 
@@ -465,7 +435,7 @@ def test_without_traceparent_the_current_context_is_the_parent() -> None:
     outer_provider = TracerProvider()
     with outer_provider.get_tracer("ray.serve").start_as_current_span("replica_handle_request") as serve_span:
         obs = begin(telemetry, headers={"baggage": "langfuse_user_id=spoofed"})
-    obs.finish(outcome="ok")
+    obs.record(ChatResult(outcome="ok"))
     span = exporter.get_finished_spans()[0]
     assert span.context.trace_id == serve_span.get_span_context().trace_id
     assert span.parent.span_id == serve_span.get_span_context().span_id
@@ -475,7 +445,7 @@ def test_without_traceparent_the_current_context_is_the_parent() -> None:
 def test_client_traceparent_wins_and_client_baggage_is_ignored() -> None:
     telemetry, exporter, _, _ = make()
     obs = begin(telemetry, headers={"traceparent": TRACEPARENT, "baggage": "langfuse_user_id=spoofed"})
-    obs.finish(outcome="ok")
+    obs.record(ChatResult(outcome="ok"))
     span = exporter.get_finished_spans()[0]
     assert f"{span.context.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
     assert "user.id" not in span.attributes
@@ -498,7 +468,7 @@ def test_sampler_never_drops_a_request_span_for_an_unsampled_parent(ratio, trace
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     telemetry = Telemetry.from_args(args, tracer_provider=provider, meter=InMemoryMetricsSink(), langfuse=False)
     obs = begin(telemetry, headers={"traceparent": traceparent} if traceparent else {})
-    obs.finish(outcome="ok")
+    obs.record(ChatResult(outcome="ok"))
     spans = exporter.get_finished_spans()
     assert len(spans) == (1 if recorded else 0)
     if recorded and traceparent:

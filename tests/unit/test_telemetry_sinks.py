@@ -11,8 +11,9 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from serve_app.chat import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
-from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+from serve_app.telemetry import ChatResult, InMemoryMetricsSink, Telemetry
 from serve_app.telemetry.metrics import Instrument
 from serve_app.telemetry.tracing import AccountedBatchProcessor, AccountedExporter, ExportAccounting
 
@@ -86,8 +87,14 @@ async def run_request(telemetry: Telemetry, outcome: str = "ok") -> list[dict]:
     obs.routed(
         backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="explicit_cloud", fallback=False
     )
-    seen = [c async for c in obs.observe(chunks())]
-    obs.finish(outcome=outcome)
+    tally = Tally(clock=telemetry.clock)
+    seen = []
+    async for c in chunks():
+        tally.add(c)
+        seen.append(c)
+    pricer = Pricer(telemetry.args)
+    price = lambda usage: pricer(backend="cloud", model="claude-sonnet-4-6", usage=usage)  # noqa: E731
+    obs.record(finished_result(tally, outcome=outcome, error=None, price=price, prompt_tokens_estimated=5))
     return seen
 
 
@@ -136,23 +143,11 @@ async def test_span_processor_raising_on_end_is_counted_and_metrics_still_record
     assert sink.counter("router_telemetry_dropped", sink="span") == 1
 
 
-async def test_observe_hook_failure_on_a_malformed_chunk_is_counted_and_the_chunk_passes() -> None:
-    sink = InMemoryMetricsSink()
-    telemetry = Telemetry.from_args(ARGS, meter=sink, environ={})
-    obs = telemetry.begin(
-        request_id="r", headers={}, requested_model="auto", stream=True, max_tokens=None, prompt_tokens_estimated=1
-    )
-    bad = {"usage": {"prompt_tokens": "many"}, "choices": "not-a-list"}
-
-    async def weird() -> AsyncIterator[Any]:
-        yield bad
-        yield {"choices": [None]}
-
-    seen = [c async for c in obs.observe(weird())]
-    obs.finish(outcome="ok")
-    assert seen[0] is bad and len(seen) == 2
-    assert telemetry.metrics.dropped["observe"] == 2
-    assert sink.counter("router_telemetry_dropped", sink="observe") == 2
+def test_a_malformed_chunk_is_counted_as_unreadable_and_never_raises() -> None:
+    tally = Tally(clock=lambda: 0.0)
+    tally.add({"usage": {"prompt_tokens": "many"}, "choices": "not-a-list"})
+    tally.add({"choices": [None]})
+    assert tally.unreadable == 2
 
 
 def test_exporter_raising_is_a_counted_drop_never_an_exception() -> None:
@@ -245,6 +240,6 @@ async def test_zero_cost_requests_never_send_a_zero_counter_increment() -> None:
         request_id="r", headers={}, requested_model="local", stream=False, max_tokens=None, prompt_tokens_estimated=1
     )
     obs.routed(backend="local", provider="vllm", model="local-model", reason="explicit_local", fallback=False)
-    obs.finish(outcome="ok")
+    obs.record(ChatResult(outcome="ok"))
     assert telemetry.metrics.dropped["metrics"] == 0
     assert sink.counter("router_requests", backend="local") == 1
