@@ -172,3 +172,19 @@ def test_podmonitors_select_ray_pods_by_declared_port_names(rayservice):
             assert ports <= head_ports
         for endpoint in monitor["spec"]["podMetricsEndpoints"]:
             assert endpoint["relabelings"][0]["targetLabel"] == "ray_io_cluster"
+
+
+def test_rayservice_every_serve_proxy_guards_the_request_id(rayservice):
+    # Serve runs a proxy on every node (proxy_location: EveryNode); each reads the callback from its container's
+    # environment, and the router's replicas from their runtime_env.
+    callback = "serve_app.ingress:serve_http_middlewares"
+    spec = rayservice["spec"]["rayClusterConfig"]
+    pods = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for pod in pods:
+        (ray,) = [c for c in pod["template"]["spec"]["containers"] if c["name"].startswith("ray")]
+        env = {e["name"]: e.get("value") for e in ray.get("env", [])}
+        assert env.get("RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH") == callback, pod.get("groupName", "head")
+    serve = yaml.safe_load((REPO / "serve_config.yaml").read_text())
+    assert serve["proxy_location"] == "EveryNode"
+    (router,) = [app for app in serve["applications"] if app["name"] == "router"]
+    assert router["runtime_env"]["env_vars"]["RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH"] == callback
