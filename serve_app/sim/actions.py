@@ -38,11 +38,12 @@ class Target:
     llm_app: str = "llm"
 
 
-async def carry_out(event: FaultEvent, target: Target) -> str:
+async def carry_out(event: FaultEvent, target: Target) -> tuple[str, float | None]:
+    """Does it; returns what was done and, for a window, when it ends (Unix seconds) as the target says."""
     if event.kind == "kill_model":
-        return await asyncio.to_thread(_kill_model, target)
+        return await asyncio.to_thread(_kill_model, target), None
     if event.kind == "redeploy_model":
-        return await asyncio.to_thread(_redeploy_model, target)
+        return await asyncio.to_thread(_redeploy_model, target), None
     if event.kind in ("cloud_429", "cloud_529"):
         assert event.duration_s is not None
         return await asyncio.to_thread(_cloud_errors, target, int(event.kind[-3:]), event.duration_s)
@@ -96,7 +97,7 @@ def _redeploy_model(target: Target) -> str:
     return f"removed and redeployed the {target.llm_app} application from {target.serve_config.name}"
 
 
-def _cloud_errors(target: Target, status: int, seconds: float) -> str:
+def _cloud_errors(target: Target, status: int, seconds: float) -> tuple[str, float]:
     if not target.standin_url:
         raise FaultFailed("cloud faults need the Anthropic stand-in (--standin-url); a real API is never faulted")
     body = json.dumps({"status": status, "seconds": seconds}).encode()
@@ -111,4 +112,4 @@ def _cloud_errors(target: Target, status: int, seconds: float) -> str:
             answer = json.loads(response.read())
     except OSError as exc:
         raise FaultFailed(f"the stand-in at {target.standin_url} did not take the fault: {exc}") from None
-    return f"stand-in answers {status} for {seconds:g}s (until {answer.get('until')})"
+    return f"the stand-in answers {status} for {seconds:g}s", float(answer["until"])

@@ -108,19 +108,19 @@ async def run(config: RunConfig) -> Path:
         await asyncio.sleep(max(0.0, t0 + event.at_s - time.perf_counter()))
         entry: dict[str, Any] = {"t": time.time(), "kind": event.kind, "detail": "", "end": None}
         if event.end_s is not None:
-            entry["end"] = start + event.end_s
+            entry["end"] = entry["t"] + (event.end_s - event.at_s)
         events.append(entry)
         progress.fault(event)
         try:
             if event.kind == "saturate_local":
                 entry["detail"] = await _saturate(event, config, done, t0)
             else:
-                entry["detail"] = await actions.carry_out(event, config.target)
+                entry["detail"], until = await actions.carry_out(event, config.target)
+                if until is not None:  # the window as the stand-in keeps it, however late the call arrived
+                    entry["end"] = until
         except actions.FaultFailed as exc:
             entry["detail"] = f"FAILED: {exc}"
             entry["failed"] = True
-        if event.end_s is None:
-            entry["end"] = None
 
     fault_tasks = [asyncio.create_task(fault(event)) for event in config.faults]
     requests = planned_requests(config.mix, config.seed)

@@ -79,8 +79,14 @@ def test_simulation_totals_equal_the_usage_clients_received(simulated):
     for key in ("requests", "by_backend", "tokens", "cost_usd", "by_reason", "errors"):
         assert totals[key] == again[key], key
     answered = [r for r in records if r.outcome == "ok"]
-    assert all(r.output_tokens > 0 and r.input_tokens > 0 for r in answered)
-    assert all(r.cost_usd is not None for r in answered if r.backend == "cloud")
+    no_input = [(r.workload, r.backend, r.api, r.stream, r.input_tokens, r.output_tokens) for r in answered]
+    assert all(r.input_tokens > 0 for r in answered), [x for x in no_input if x[4] == 0]
+    # The smoke model may end an answer at once (its first token can be end-of-sequence): output can be 0 there.
+    assert sum(1 for r in answered if r.output_tokens > 0) >= 0.9 * len(answered), no_input
+    # Cost reaches the client in X-Router-Cost-USD or usage.cost_usd; an Anthropic-format stream has neither.
+    priced = [r for r in answered if r.backend == "cloud" and not (r.api == "anthropic" and r.stream)]
+    assert priced and all(r.cost_usd is not None for r in priced)
+    assert totals["cost_unknown"] == sum(1 for r in answered if r.backend and r.cost_usd is None)
     assert totals["cloud_standin"] is False  # the fixture's stand-in is not the offline one: no label expected
 
 
@@ -91,9 +97,13 @@ def test_simulation_shows_fallbacks_during_faults_and_recovers(simulated):
     assert any(r.route_reason in ("local_not_ready", "fallback_local_error") for r in during_kill), [
         (r.route_reason, r.status) for r in during_kill
     ]
-    during_429 = [r for r in records if window["t"] + 0.5 <= r.t_start <= window["end"] - 0.5]
-    assert any(r.route_reason == "fallback_cloud_error" for r in during_429)
-    assert any(r.status == 429 for r in during_429)  # what could not fall back got the upstream's 429
+    during_429 = [r for r in records if window["t"] + 0.5 <= r.t_start and r.t_end <= window["end"] - 0.5]
+    cloud_bound = [r for r in during_429 if r.backend == "cloud" or r.route_reason == "fallback_cloud_error"]
+    assert cloud_bound, [(r.route_reason, r.status) for r in during_429]
+    # Every request the cloud should have answered in the window fell back to local or got the upstream's 429.
+    assert all(r.route_reason == "fallback_cloud_error" or r.status == 429 for r in cloud_bound), [
+        (r.route_reason, r.status, r.backend) for r in cloud_bound
+    ]
     after = [r for r in records if r.t_start > window["end"] + 2]
     assert any(r.backend == "local" and r.route_reason == "policy_local" and r.outcome == "ok" for r in after)
     assert any(r.backend == "cloud" and r.outcome == "ok" and not r.fallback for r in after)
