@@ -146,8 +146,7 @@ def create_app(
             async for chunk in stream.chunks():
                 assembler.add(chunk)
         body = assembler.completion(usage=_client_usage(stream))
-        if (cost := _cost_usd(stream)) is not None:
-            headers["X-Router-Cost-USD"] = f"{cost:.9f}"
+        headers |= _cost_headers(stream)
         return JSONResponse(body, headers=headers)
 
     @app.post(MESSAGES_PATH, openapi_extra=_json_body("MessagesRequest"))
@@ -170,8 +169,7 @@ def create_app(
             return _ChatStreamResponse(stream, events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
         async with _billed_on_error(stream), stream:
             chunks = [chunk async for chunk in stream.chunks()]
-        if (cost := _cost_usd(stream)) is not None:
-            headers["X-Router-Cost-USD"] = f"{cost:.9f}"
+        headers |= _cost_headers(stream)
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
     app.openapi = lambda: _with_request_schemas(app)  # type: ignore[method-assign]
@@ -367,7 +365,24 @@ def _client_usage(stream: ChatStream) -> dict[str, Any]:
     cost = _cost_usd(stream)
     if cost is not None:
         usage["cost_usd"] = round(cost, 9)
+    if (counterfactual := _counterfactual_usd(stream)) is not None:
+        usage["counterfactual_cost_usd"] = round(counterfactual, 9)
     return usage
+
+
+def _cost_headers(stream: ChatStream) -> dict[str, str]:
+    """X-Router-Cost-USD and X-Router-Counterfactual-Cost-USD (the same tokens on the other backend), when known."""
+    headers = {}
+    if (cost := _cost_usd(stream)) is not None:
+        headers["X-Router-Cost-USD"] = f"{cost:.9f}"
+    if (counterfactual := _counterfactual_usd(stream)) is not None:
+        headers["X-Router-Counterfactual-Cost-USD"] = f"{counterfactual:.9f}"
+    return headers
+
+
+def _counterfactual_usd(stream: ChatStream) -> float | None:
+    cost = stream.billed().cost
+    return None if cost is None or cost.counterfactual is None else cost.counterfactual.total
 
 
 def _cost_usd(stream: ChatStream) -> float | None:

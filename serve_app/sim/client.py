@@ -69,6 +69,7 @@ class Result:
     cache_read: int = 0
     cache_creation: int = 0
     cost: float | None = None
+    counterfactual: float | None = None  # the same tokens on the other backend, as the router priced them
     ttft: float | None = None
 
 
@@ -102,6 +103,8 @@ def to_record(request: PlannedRequest, result: Result, start_wall: float, latenc
             openai_usage(json.loads(headers["x-router-usage"]), result)
     if result.cost is None and headers.get("x-router-cost-usd"):
         result.cost = float(headers["x-router-cost-usd"])
+    if result.counterfactual is None and headers.get("x-router-counterfactual-cost-usd"):
+        result.counterfactual = float(headers["x-router-counterfactual-cost-usd"])
     return RequestRecord(
         request_id=headers.get("x-request-id") or f"sim-{uuid.uuid4().hex}",
         source="sim",
@@ -129,6 +132,7 @@ def to_record(request: PlannedRequest, result: Result, start_wall: float, latenc
         latency_s=latency,
         ttft_s=result.ttft,
         cost_usd=result.cost,
+        counterfactual_cost_usd=result.counterfactual,
         workload=request.workload,
     )
 
@@ -171,6 +175,8 @@ def openai_usage(usage: dict[str, Any] | None, result: Result) -> None:
     result.output_tokens = int(usage.get("completion_tokens") or 0)
     if usage.get("cost_usd") is not None:
         result.cost = float(usage["cost_usd"])
+    if usage.get("counterfactual_cost_usd") is not None:
+        result.counterfactual = float(usage["counterfactual_cost_usd"])
 
 
 async def _anthropic(client: anthropic.AsyncAnthropic, request: PlannedRequest, result: Result, start: float) -> None:

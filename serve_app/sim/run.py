@@ -48,6 +48,8 @@ class RunConfig:
     reports_dir: Path = Path("reports")
     run_id: str | None = None
     metrics_url: str | None = "http://127.0.0.1:8080/metrics"
+    # Counters unchanged this long (longer than Ray's 10 s export interval) include every request sent before the run.
+    metrics_settle_s: float = 11.0
     metrics_wait_s: float = 30.0  # Ray exports every 10 s by default: the last requests appear within about 20 s
     saturate_concurrency: int = 24
     progress: bool = True
@@ -75,7 +77,7 @@ async def run(config: RunConfig) -> Path:
     run_dir = config.reports_dir / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
     readiness = _get_json(f"{config.base_url.rstrip('/')}/readyz")
-    before = _scrape(config.metrics_url)
+    before = await _scrape_settled(config.metrics_url, settle_s=config.metrics_settle_s)
     clients = make_clients(config)
     records: list[RequestRecord] = []
     events: list[dict[str, Any]] = []
@@ -164,6 +166,9 @@ async def run(config: RunConfig) -> Path:
     }
     if before is not None and after is not None:
         totals["prometheus"] = {"source": config.metrics_url, **summary.compare(totals, before, after)}
+        gpu = {key.split(".", 1)[1]: value for key, value in after.items() if key.startswith("gpu_usd_per_hour.")}
+        if gpu:  # the report's GPU USD/hour (allocated and idle) at the end of the run
+            totals["prometheus"][summary.GPU_SPEND] = gpu
     else:
         totals["prometheus"] = {"source": config.metrics_url, "error": "metrics endpoint not reachable"}
     (run_dir / "summary.json").write_text(json.dumps(totals, indent=2) + "\n")
@@ -193,6 +198,24 @@ async def _saturate(event: FaultEvent, config: RunConfig, done: Callable[[Reques
     finally:
         await clients.aclose()
     return f"{sent} explicit-local streams of up to 256 tokens, {config.saturate_concurrency} at a time"
+
+
+async def _scrape_settled(url: str | None, *, settle_s: float, timeout_s: float = 60.0) -> dict[str, float] | None:
+    """The router's counters once they stopped moving: a request sent just before the run (a curl, an earlier run)
+    reaches the metrics endpoint up to an export interval later and would otherwise be counted as this run's."""
+    current = _scrape(url)
+    if current is None:
+        return None
+    stable_since = time.monotonic()
+    deadline = stable_since + timeout_s
+    while time.monotonic() - stable_since < settle_s and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+        latest = _scrape(url)
+        if latest is None:
+            return current
+        if latest != current:
+            current, stable_since = latest, time.monotonic()
+    return current
 
 
 async def _scrape_after(

@@ -16,6 +16,7 @@ from typing import Any
 from serve_app.records import RequestRecord
 
 COUNTERS = ("ray_router_requests_total", "ray_router_tokens_total", "ray_router_cost_usd_total")
+GPU_SPEND = "ray_router_gpu_cost_usd_per_hour"  # gauge by kind (allocated, idle), one series per model replica
 _SAMPLE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>[^}]*)\})?\s+(?P<value>\S+)")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
@@ -78,18 +79,21 @@ def _round(value: float | None) -> float | None:
 
 
 def counters(exposition: str) -> dict[str, float]:
-    """The router's counters from a Prometheus text exposition, summed into the keys `compare` uses."""
+    """The router's counters from a Prometheus text exposition, summed into the keys `compare` uses, and the model
+    replicas' GPU spend rate right now (`gpu_usd_per_hour.<kind>`, summed over replicas)."""
     out: dict[str, float] = {}
     for line in exposition.splitlines():
         if not line.startswith("ray_router_"):
             continue
         match = _SAMPLE.match(line)
-        if not match or match.group("name") not in COUNTERS:
+        if not match or match.group("name") not in (*COUNTERS, GPU_SPEND):
             continue
         labels = dict(_LABEL.findall(match.group("labels") or ""))
         value = float(match.group("value"))
         name = match.group("name")
-        if name == "ray_router_requests_total":
+        if name == GPU_SPEND:
+            keys = [f"gpu_usd_per_hour.{labels.get('kind', '')}"]
+        elif name == "ray_router_requests_total":
             keys = ["requests", f"requests.{labels.get('backend', '')}"]
         elif name == "ray_router_tokens_total":
             keys = [f"tokens.{labels.get('token_type', '')}"]

@@ -96,6 +96,13 @@ async def test_the_client_is_told_the_usage_and_cost_that_telemetry_records(make
     assert usage["cost_usd"] == pytest.approx(33 * RATE)
     (span,) = router.spans.get_finished_spans()
     assert span.attributes["llm.cost_usd"] == pytest.approx(usage["cost_usd"])
+    # what the same tokens would have cost on the cloud, so a client (the simulator) can total the savings
+    assert usage["counterfactual_cost_usd"] == pytest.approx(span.attributes["llm.counterfactual_cost_usd"])
+    assert usage["counterfactual_cost_usd"] > 0
+    if not streamed:
+        assert float(response.headers["x-router-counterfactual-cost-usd"]) == pytest.approx(
+            usage["counterfactual_cost_usd"]
+        )
     assert span.attributes["gen_ai.usage.output_tokens"] == usage["completion_tokens"] == 3
     assert router.metrics.counter("router_cost_usd", backend="local") == pytest.approx(33 * RATE)
 

@@ -93,3 +93,37 @@ async def test_sim_run_records_a_fault_it_could_not_carry_out(standin_url, tmp_p
     run_dir = await run(_config(standin_url, tmp_path, "f", faults=window, target=target))
     (event,) = [json.loads(line) for line in (run_dir / "events.jsonl").read_text().splitlines()]
     assert event["failed"] is True and event["detail"].startswith("FAILED: cloud faults need the Anthropic stand-in")
+
+
+async def test_sim_run_baseline_waits_for_counters_still_arriving(tmp_path):
+    # A request answered just before the run reaches Ray's metrics endpoint up to an export interval later: the
+    # baseline must include it, or the run's comparison counts it as the run's own.
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from serve_app.sim.run import _scrape_settled
+
+    started = time.monotonic()
+
+    class Metrics(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            late = time.monotonic() - started > 1.5  # the earlier request shows up after 1.5 s
+            body = f'ray_router_requests_total{{backend="local"}} {6.0 if late else 5.0}\n'.encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Metrics)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/metrics"
+        settled = await _scrape_settled(url, settle_s=2.5)
+        assert settled is not None and settled["requests"] == 6.0  # it waited for the counters to stop moving
+    finally:
+        server.shutdown()
+    assert await _scrape_settled(None, settle_s=2.5) is None

@@ -102,3 +102,15 @@ def test_summary_percentile_interpolates():
     assert percentile([1.0], 95) == 1.0
     assert percentile([1.0, 2.0, 3.0, 4.0], 50) == 2.5
     assert percentile(range(101), 95) == 95.0
+
+
+def test_summary_counters_read_the_gpu_spend_rate_summed_over_model_replicas():
+    exposition = EXPOSITION + (
+        'ray_router_gpu_cost_usd_per_hour{kind="allocated",replica="a"} 0.25\n'
+        'ray_router_gpu_cost_usd_per_hour{kind="idle",replica="a"} 0.55\n'
+        'ray_router_gpu_cost_usd_per_hour{kind="idle",replica="b"} 0.80\n'
+    )
+    got = counters(exposition)
+    assert got["gpu_usd_per_hour.allocated"] == 0.25
+    assert got["gpu_usd_per_hour.idle"] == pytest.approx(1.35)
+    assert got["requests"] == 12.0  # the counters are unchanged
