@@ -14,7 +14,7 @@ from typing import Any
 
 from serve_app.backends.anthropic_params import dropped_params, translated_params
 from serve_app.backends.base import Backend
-from serve_app.config import RouterArgs
+from serve_app.config import DEFAULT_TENANT, RouterArgs
 from serve_app.errors import UpstreamError, UpstreamUnavailable
 from serve_app.protocol import ChatCompletionRequest, ModelCard, ModelList
 from serve_app.routing import (
@@ -29,6 +29,7 @@ from serve_app.routing import (
 )
 from serve_app.telemetry import Observation, Telemetry
 from serve_app.telemetry.request_log import RequestFeatures
+from serve_app.tenancy import Admission, Tenancy
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ class ChatStream:
     first: dict[str, Any]
     rest: AsyncIterator[dict[str, Any]]
     dropped_params: tuple[str, ...] = ()  # request fields the answering backend did not get (X-Router-Dropped-Params)
+    admission: Admission | None = None  # the tenant's reservations, settled when the observation finishes
     _iterator: AsyncGenerator[dict[str, Any]] | None = field(default=None, init=False)
 
     def chunks(self) -> AsyncGenerator[dict[str, Any]]:
@@ -63,6 +65,7 @@ class ChatStream:
         finally:
             await _close(self.rest)
             self.observation.finish(outcome=outcome, error=error)
+            _settle(self.admission, self.observation, outcome)
 
     async def aclose(self) -> None:
         """Ends the stream however the response ended (idempotent): closes the upstream before the observation is
@@ -72,11 +75,20 @@ class ChatStream:
         else:
             await _close(self._iterator)
         self.observation.finish(outcome="cancelled")
+        _settle(self.admission, self.observation, "cancelled")
 
 
 class ChatService:
-    def __init__(self, args: RouterArgs, *, backends: Mapping[str, Backend], telemetry: Telemetry) -> None:
+    def __init__(
+        self,
+        args: RouterArgs,
+        *,
+        backends: Mapping[str, Backend],
+        telemetry: Telemetry,
+        tenancy: Tenancy | None = None,
+    ) -> None:
         self._args = args
+        self._tenancy = tenancy  # None: no limits (tenants still named in telemetry)
         self._backends = dict(backends)
         self._telemetry = telemetry
         self._local = self._backends["local"]
@@ -129,10 +141,16 @@ class ChatService:
         )
 
     async def start(
-        self, request: ChatCompletionRequest, *, request_id: str, headers: Mapping[str, str], api: str = "openai"
+        self,
+        request: ChatCompletionRequest,
+        *,
+        request_id: str,
+        headers: Mapping[str, str],
+        api: str = "openai",
+        tenant: str = DEFAULT_TENANT,
     ) -> ChatStream:
         """Routes and starts the request; raises a RouterError when no backend produced a first chunk. `api` names
-        the wire format the client used (`openai` or `anthropic`), for the request log."""
+        the wire format the client used (`openai` or `anthropic`), for the request log; `tenant` owns the key."""
         prompt_tokens = estimate_prompt_tokens(request, chars_per_token=self._args.routing.chars_per_token)
         observation = self._telemetry.begin(
             request_id=request_id,
@@ -142,13 +160,22 @@ class ChatService:
             max_tokens=request.output_budget,
             prompt_tokens_estimated=prompt_tokens,
             user=request.user,
+            tenant=tenant,
             messages=_messages_for_telemetry(request) if self._telemetry.capture_content else None,
         )
+        admission: Admission | None = None
         try:
             route = self.route_input(request, prompt_tokens=prompt_tokens)
             if self._telemetry.request_log is not None:
-                observation.saw(RequestFeatures(api=api, prompt_chars=prompt_chars(request), route=route))
+                observation.saw(
+                    RequestFeatures(api=api, prompt_chars=prompt_chars(request), route=route, tenant=tenant)
+                )
             decision = decide(route=route, policy=self._args.routing, local=self._args.local)
+            if self._tenancy is not None:  # the tenant's limits, before anything costs: may divert or refuse
+                admission = await self._tenancy.admit(
+                    tenant=tenant, request=request, prompt_tokens=prompt_tokens, decision=decision
+                )
+                decision = admission.decision
             while True:
                 backend = self._backends[decision.backend]
                 observation.routed(
@@ -176,13 +203,21 @@ class ChatService:
                         raise
                     logger.info("falling back from %s: %s", decision.backend, exc.kind)
                     decision = decision.after_failure()
+                    if admission is not None and await admission.fall_back(decision) is None:
+                        raise  # the other backend is over the tenant's limits: the original error stands
                     continue
                 return ChatStream(
-                    decision=decision, observation=observation, first=first, rest=chunks, dropped_params=dropped
+                    decision=decision,
+                    observation=observation,
+                    first=first,
+                    rest=chunks,
+                    dropped_params=dropped,
+                    admission=admission,
                 )
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
             observation.finish(outcome=outcome, error=exc)
+            _settle(admission, observation, outcome)
             raise
 
     @staticmethod
@@ -201,6 +236,17 @@ class ChatService:
 def _messages_for_telemetry(request: ChatCompletionRequest) -> list[dict[str, Any]]:
     """The prompt as the client sent it (JSON-ready), for spans only when content capture is opted in."""
     return [message.model_dump(mode="json", exclude_none=True) for message in request.messages]
+
+
+def _settle(admission: Admission | None, observation: Observation, outcome: str) -> None:
+    """Books what the request cost against its tenant's limits (after the observation settled usage and cost)."""
+    if admission is not None:
+        admission.settle(
+            backend=admission.decision.backend,
+            outcome=outcome,
+            tokens=observation.usage.total_tokens,
+            cost_usd=observation.cost_usd,
+        )
 
 
 async def _close(iterator: AsyncIterator[Any]) -> None:
