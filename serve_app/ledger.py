@@ -53,6 +53,7 @@ class LedgerCore:
         self.epoch = uuid.uuid4().hex
         self.state = self._load()
         self._snapshot_at = self._clock()
+        self._dirty = False
 
     def _load(self) -> LedgerState:
         if self._path is None or not self._path.exists():
@@ -72,9 +73,11 @@ class LedgerCore:
         return granted, self.epoch
 
     def report(self, replica: str, reports: Mapping[str, Report]) -> str:
+        """Books a replica's reports (an empty one is its heartbeat); snapshots when changed and due."""
         now = self._clock()
         self.state.report(replica, reports, now=now)
-        if now - self._snapshot_at >= self._interval:
+        self._dirty = self._dirty or bool(reports)
+        if self._dirty and now - self._snapshot_at >= self._interval:
             self.snapshot()
         return self.epoch
 
@@ -90,6 +93,7 @@ class LedgerCore:
     def snapshot(self) -> None:
         """Writes the counters atomically (a reader never sees half a file); a failure is logged, not raised."""
         self._snapshot_at = self._clock()
+        self._dirty = False
         if self._path is None:
             return
         try:

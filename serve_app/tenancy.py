@@ -312,8 +312,9 @@ class Tenancy:
     async def sync(self) -> None:
         """Reports settled spend and released leases now; undelivered reports are kept for the next try."""
         reports = self.book.drain(self._clock())
-        if not reports:
-            return
+        if not reports and self.ledger_epoch is None:
+            return  # the ledger was never used: nothing to report, no lease to keep alive
+        # Also when empty: the report is this replica's heartbeat, without which the ledger expires its leases.
         try:
             epoch = await self._ledger.report(self.replica_id, reports)
         except Exception:

@@ -86,3 +86,18 @@ def test_ledger_core_unreadable_snapshot_counts_from_zero(tmp_path):
     assert core.totals()["spent"] == {}
     core.report("r", {"k": Report(1.0, 0.0, T0 + 10)})
     assert LedgerCore(snapshot_path=str(path), snapshot_interval_s=0, lease_ttl_s=30).totals()["spent"] == {"k": 1.0}
+
+
+async def test_an_idle_replica_keeps_its_lease_by_heartbeat_and_a_silent_one_loses_it():
+    now = [T0]
+    core = LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, clock=lambda: now[0])
+    ledger = ProcessLedger(core)
+    idle, silent = tenancy(ledger, usd_per_day=0.01), tenancy(ledger, usd_per_day=0.01)
+    for replica in (idle, silent):
+        assert await _request(replica, 0.0001)
+    for _ in range(4):  # 40 s without requests; only `idle` reports (its heartbeat)
+        now[0] += 10
+        await idle.sync()
+    core.grant("third", "other-key", end=T0 + 86400, limit=1, want=1, need=1)  # any call expires silent leases
+    holders = core.state.leases[next(iter(core.state.leases))]
+    assert idle.replica_id in holders and silent.replica_id not in holders
