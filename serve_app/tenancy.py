@@ -147,6 +147,7 @@ class Tenancy:
         self._cache: dict[str, tuple[TenantLimits | None, tuple[Limit, ...]]] = {}
         self._prices = dict(args.pricing.models) if args.pricing else {}
         self._task: asyncio.Task[None] | None = None
+        self._dry: dict[str, float] = {}  # counter -> until when the ledger is known to have nothing left
         try:
             metrics.register(INSTRUMENTS)
         except Exception:
@@ -219,6 +220,9 @@ class Tenancy:
         return holds
 
     async def _lease(self, limit: Limit, key: str, end: float, amount: float) -> bool:
+        now = self._clock()
+        if self._dry.get(key, 0.0) > now:  # the ledger just had nothing left: refuse without asking again
+            return False
         want = limit.amount * self._tenants.ledger.lease_fraction
         shortfall = amount - max(self.book.remaining.get(key, 0.0), 0.0)  # what the lease held lacks
         try:
@@ -233,6 +237,10 @@ class Tenancy:
         self._check_epoch(epoch)
         if granted > 0:
             self.book.give(key, granted, end)
+        else:  # over the limit: for one sync interval, refusals of this counter cost no remote call
+            self._dry[key] = now + self._tenants.ledger.sync_interval_s
+            if len(self._dry) > 4096:
+                self._dry = {k: t for k, t in self._dry.items() if t > now}
         return self.book.take(key, amount)
 
     def _check_epoch(self, epoch: str) -> None:

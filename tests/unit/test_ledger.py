@@ -101,3 +101,26 @@ async def test_an_idle_replica_keeps_its_lease_by_heartbeat_and_a_silent_one_los
     core.grant("third", "other-key", end=T0 + 86400, limit=1, want=1, need=1)  # any call expires silent leases
     holders = core.state.leases[next(iter(core.state.leases))]
     assert idle.replica_id in holders and silent.replica_id not in holders
+
+
+async def test_refusals_cost_no_remote_call_for_one_sync_interval():
+    now = [T0]
+    calls: list[str] = []
+
+    class Counting(ProcessLedger):
+        async def grant(self, *args, **kwargs):
+            calls.append("grant")
+            return await super().grant(*args, **kwargs)
+
+    ledger = Counting(LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, clock=lambda: now[0]))
+    replica = tenancy(ledger, usd_per_day=0.0002)  # one reservation of 0.0001875 fits, a second does not
+    replica._clock = lambda: now[0]
+    assert await _request(replica, 0.0001)
+    assert not await _request(replica, 0.0001)
+    asked = len(calls)
+    for _ in range(10):
+        assert not await _request(replica, 0.0001)
+    assert len(calls) == asked  # refused from the local note, no grant asked
+    now[0] += 1.5  # past the sync interval (1 s): the ledger is asked again
+    assert not await _request(replica, 0.0001)
+    assert len(calls) == asked + 1
