@@ -181,6 +181,11 @@ class LedgerArgs(_Args):
     lease_ttl_s: float = Field(
         default=30.0, gt=0, description="A replica silent this long loses its unused leases (it died)."
     )
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray resources of the ledger actor, to place it where `snapshot_path` is mounted (on KubeRay "
+        "the head: {'node:__internal_head__': 0.001}).",
+    )
 
 
 class TenantsArgs(_Args):

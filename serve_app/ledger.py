@@ -154,7 +154,9 @@ class ActorLedger:
         if self._handle is None:
             import ray  # here: the pure layers and the tools run without Ray
 
-            actor = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=3)(LedgerActor)
+            actor = ray.remote(
+                num_cpus=0, max_restarts=-1, max_task_retries=3, resources=dict(self._args.actor_resources)
+            )(LedgerActor)
             self._handle = actor.options(
                 name=self._args.actor_name, namespace=self._args.namespace, lifetime="detached", get_if_exists=True
             ).remote(self._args.snapshot_path, self._args.snapshot_interval_s, self._args.lease_ttl_s)
