@@ -124,3 +124,16 @@ async def test_refusals_cost_no_remote_call_for_one_sync_interval():
     now[0] += 1.5  # past the sync interval (1 s): the ledger is asked again
     assert not await _request(replica, 0.0001)
     assert len(calls) == asked + 1
+
+
+async def test_spend_and_budget_gauges_from_the_ledger_totals():
+    ledger = ProcessLedger(LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, clock=lambda: T0))
+    replica = tenancy(ledger, usd_per_day=0.01)
+    assert await _request(replica, 0.0001)
+    await replica.sync()
+    replica.publish_totals(await ledger.totals())
+    metrics = replica._metrics
+    assert metrics.gauge("router_tenant_spend_usd", tenant="alpha", period="day") == pytest.approx(0.0001)
+    assert metrics.gauge("router_tenant_budget_usd", tenant="alpha", period="day") == 0.01
+    assert metrics.gauge("router_tenant_spend_usd", tenant="default", period="month") == 0
+    assert metrics.gauge("router_tenant_budget_usd", tenant="alpha", period="month") is None  # no monthly limit
