@@ -147,15 +147,16 @@ class LeaseBook:
         self.unreported[key] = self.unreported.get(key, 0.0) + actual
         self.ends.setdefault(key, end)
 
-    def drain(self, now: float) -> dict[str, Report]:
+    def drain(self, now: float, *, release_all: bool = False) -> dict[str, Report]:
         """The reports to send now: every unreported spend, and the unused lease of every window that has ended
-        (dropped here; an overdrawn one too, its deficit is the window's overshoot)."""
+        (dropped here; an overdrawn one too, its deficit is the window's overshoot); with `release_all` (the replica
+        stops) every unused lease."""
         reports: dict[str, Report] = {}
         for key, spent in self.unreported.items():
             reports[key] = Report(spent=spent, released=0.0, end=self.ends.get(key, now))
         self.unreported = {}
         for key, end in list(self.ends.items()):
-            if end <= now:
+            if end <= now or release_all:
                 released = max(self.remaining.pop(key, 0.0), 0.0)
                 del self.ends[key]
                 previous = reports.get(key, Report(0.0, 0.0, end))

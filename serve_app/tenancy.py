@@ -317,9 +317,9 @@ class Tenancy:
         if self._task is None:
             self._task = asyncio.get_running_loop().create_task(self._run())
 
-    async def sync(self) -> None:
+    async def sync(self, *, release_all: bool = False) -> None:
         """Reports settled spend and released leases now; undelivered reports are kept for the next try."""
-        reports = self.book.drain(self._clock())
+        reports = self.book.drain(self._clock(), release_all=release_all)
         if not reports and self.ledger_epoch is None:
             return  # the ledger was never used: nothing to report, no lease to keep alive
         # Also when empty: the report is this replica's heartbeat, without which the ledger expires its leases.
@@ -343,14 +343,14 @@ class Tenancy:
                 logger.warning("reporting to the spend ledger failed; retrying", exc_info=True)
 
     async def aclose(self) -> None:
-        """Stops the reporter and sends what is left (replica shutdown)."""
+        """Stops the reporter, sends what is left and gives back every unused lease (replica shutdown)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
         try:
-            await self.sync()
+            await self.sync(release_all=True)
         except Exception:
             logger.warning("the last report to the spend ledger failed; its spend is lost", exc_info=True)
 

@@ -216,9 +216,16 @@ def test_spend_survives_a_router_redeploy(tenant_platform, answers):
             break
         assert time.monotonic() < deadline, f"router replicas not replaced: {before} -> {now}"
         time.sleep(1)
-    after = asyncio.run(_clients(ray.base_url, per_tenant=4, concurrency=4))
-    assert all(a.status == 429 and a.limit == "usd_per_day" for a in after if a.tenant == "alpha")
-    assert all(a.status == 200 and a.backend == "local" for a in after if a.tenant == "beta")
+    after = asyncio.run(_clients(ray.base_url, per_tenant=20, concurrency=4))
+    # The new replicas start from the ledger's spend: with a budget reset to zero, 20 requests (0.0015 USD) would
+    # all be answered by the cloud; with the spend kept, only what was left of the limit is, the rest is refused or
+    # diverted.
+    for tenant in KEYS:
+        assert _billed(answers, tenant) + _billed(after, tenant) <= LIMIT_USD
+    assert any(a.status == 429 and a.limit == "usd_per_day" for a in after if a.tenant == "alpha")
+    assert all(a.status == 200 for a in after if a.tenant == "beta")
+    assert any(a.backend == "local" and a.reason == "tenant_budget_local" for a in after if a.tenant == "beta")
+    answers.extend(after)  # the operator command's figures below include them
 
 
 def test_operator_command_lists_spend_and_remaining(tenant_platform, answers, capsys):

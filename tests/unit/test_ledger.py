@@ -137,3 +137,14 @@ async def test_spend_and_budget_gauges_from_the_ledger_totals():
     assert metrics.gauge("router_tenant_budget_usd", tenant="alpha", period="day") == 0.01
     assert metrics.gauge("router_tenant_spend_usd", tenant="default", period="month") == 0
     assert metrics.gauge("router_tenant_budget_usd", tenant="alpha", period="month") is None  # no monthly limit
+
+
+async def test_a_stopping_replica_gives_its_leases_back():
+    core = LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, clock=lambda: T0)
+    replica = tenancy(ProcessLedger(core), usd_per_day=0.01, lease_fraction=0.5)
+    assert await _request(replica, 0.0001)
+    key = next(iter(core.state.leases))
+    assert core.state.leases[key][replica.replica_id] > 0.004
+    await replica.aclose()
+    assert core.state.leases[key][replica.replica_id] == pytest.approx(0.0)
+    assert core.state.spent[key] == pytest.approx(0.0001)
