@@ -92,9 +92,11 @@ def tenant_platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tenant
 
 
 def _router_replicas(ray: RayPlatform) -> set[str]:
+    """The router's RUNNING replicas (none while a redeploy has not yet listed its deployment)."""
     _, body = http_json(f"{ray.dashboard_url}/api/serve/applications/", timeout=10)
-    router = body["applications"]["router"]["deployments"]["Router"]
-    return {r["replica_id"] for r in router["replicas"] if r["state"] == "RUNNING"}
+    app = body.get("applications", {}).get("router", {}) if isinstance(body, dict) else {}
+    router = app.get("deployments", {}).get("Router", {})
+    return {r["replica_id"] for r in router.get("replicas", []) if r["state"] == "RUNNING"}
 
 
 async def _one(client: httpx.AsyncClient, tenant: str, i: int) -> Answer:
