@@ -179,15 +179,16 @@ async def test_usd_limit_over_local_refuses_when_local_cannot_take_it(make_route
     router = make(make_router, routing=TO_CLOUD, limits={"alpha": {"usd_per_day": {"usd": 0.0001, "over": "local"}}})
     router.local.ready = False
     assert_refused(await chat(router, "key-alpha"), limit="usd_per_day", max_retry_after=86400)
+    assert_refused(await messages(router, "key-alpha"), limit="usd_per_day", max_retry_after=86400, api="x")
 
 
 async def test_global_cloud_budget_diverts_or_refuses_every_tenant(make_router: MakeRouter) -> None:
     router = make(make_router, routing=TO_CLOUD, cloud_usd_per_hour={"usd": 0.0001, "over": "local"})
-    response = await chat(router, "key-anon")
-    assert (response.headers["X-Router-Backend"], response.headers["X-Router-Reason"]) == (
-        "local",
-        "cloud_budget_local",
-    )
+    for response in (await chat(router, "key-anon"), await messages(router, "key-alpha")):
+        assert response.status_code == 200
+        headers = response.headers
+        assert (headers["X-Router-Backend"], headers["X-Router-Reason"]) == ("local", "cloud_budget_local")
+    assert router.cloud.calls == []
     refusing = make(make_router, routing=TO_CLOUD, cloud_usd_per_hour=0.0001)
     for response in (await chat(refusing, "key-beta"), await messages(refusing, "key-alpha", model="cloud")):
         assert response.status_code == 429
