@@ -17,7 +17,7 @@ from typing import Any
 
 from serve_app.backends.anthropic_params import dropped_params, translated_params
 from serve_app.backends.base import Backend
-from serve_app.config import RouterArgs
+from serve_app.config import DEFAULT_TENANT, RouterArgs
 from serve_app.errors import UpstreamError, UpstreamUnavailable
 from serve_app.protocol import ChatCompletionRequest, ModelCard, ModelList
 from serve_app.routing import (
@@ -33,6 +33,7 @@ from serve_app.routing import (
 from serve_app.telemetry import ChatResult, Observation, Telemetry
 from serve_app.telemetry.cost import RequestCost, request_cost
 from serve_app.telemetry.request_log import RequestFeatures
+from serve_app.tenancy import Admission, Tenancy
 from serve_app.usage import Usage, accumulate_openai_chunk
 
 logger = logging.getLogger(__name__)
@@ -161,10 +162,12 @@ class ChatStream:
         price: Callable[[Usage], RequestCost | None],
         prompt_tokens_estimated: int,
         dropped_params: tuple[str, ...] = (),
+        admission: Admission | None = None,
     ) -> None:
         self.decision = decision
         self.first = first
         self.dropped_params = dropped_params  # request fields the answering backend did not get
+        self._admission = admission  # the tenant's reservations, settled with the result
         self._observation = observation
         self._upstream = upstream
         self._tally = tally
@@ -224,6 +227,7 @@ class ChatStream:
         finally:
             self.result = self._result()
             self._observation.record(self.result)
+            _settle(self._admission, self.result)
 
     def _result(self) -> ChatResult:
         return finished_result(
@@ -243,8 +247,10 @@ class ChatService:
         backends: Mapping[str, Backend],
         telemetry: Telemetry,
         local_rate: LocalRate | None = None,
+        tenancy: Tenancy | None = None,
     ) -> None:
         self._args = args
+        self._tenancy = tenancy  # None: no limits (tenants are still named in telemetry)
         self._pricer = Pricer(args, local_rate)
         self._backends = dict(backends)
         self._telemetry = telemetry
@@ -298,10 +304,16 @@ class ChatService:
         )
 
     async def start(
-        self, request: ChatCompletionRequest, *, request_id: str, headers: Mapping[str, str], api: str = "openai"
+        self,
+        request: ChatCompletionRequest,
+        *,
+        request_id: str,
+        headers: Mapping[str, str],
+        api: str = "openai",
+        tenant: str = DEFAULT_TENANT,
     ) -> ChatStream:
         """Routes and starts the request; raises a RouterError when no backend produced a first chunk. `api` names
-        the wire format the client used (`openai` or `anthropic`), for the request log."""
+        the wire format the client used (`openai` or `anthropic`), for the request log; `tenant` owns the key."""
         prompt_tokens = estimate_prompt_tokens(request, chars_per_token=self._args.routing.chars_per_token)
         observation = self._telemetry.begin(
             request_id=request_id,
@@ -311,14 +323,23 @@ class ChatService:
             max_tokens=request.output_budget,
             prompt_tokens_estimated=prompt_tokens,
             user=request.user,
+            tenant=tenant,
             messages=_messages_for_telemetry(request) if self._telemetry.capture_content else None,
         )
         decision: RouteDecision | None = None
+        admission: Admission | None = None
         try:
             route = self.route_input(request, prompt_tokens=prompt_tokens)
             if self._telemetry.request_log is not None:
-                observation.saw(RequestFeatures(api=api, prompt_chars=prompt_chars(request), route=route))
+                observation.saw(
+                    RequestFeatures(api=api, prompt_chars=prompt_chars(request), route=route, tenant=tenant)
+                )
             decision = decide(route=route, policy=self._args.routing, local=self._args.local)
+            if self._tenancy is not None:  # the tenant's limits, before anything costs: may divert or refuse
+                admission = await self._tenancy.admit(
+                    tenant=tenant, request=request, prompt_tokens=prompt_tokens, decision=decision
+                )
+                decision = admission.decision
             while True:
                 backend = self._backends[decision.backend]
                 observation.routed(
@@ -345,6 +366,8 @@ class ChatService:
                         raise
                     logger.info("falling back from %s: %s", decision.backend, exc.kind)
                     decision = decision.after_failure()
+                    if admission is not None and await admission.fall_back(decision) is None:
+                        raise  # the other backend is over the tenant's limits: the original error stands
                     continue
                 except BaseException:
                     await _close(upstream)
@@ -360,6 +383,7 @@ class ChatService:
                     price=lambda usage, d=decision: self._pricer(backend=d.backend, model=d.model, usage=usage),
                     prompt_tokens_estimated=prompt_tokens,
                     dropped_params=dropped,
+                    admission=admission,
                 )
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
@@ -369,7 +393,9 @@ class ChatService:
                 if decision is None
                 else self._pricer(backend=decision.backend, model=decision.model, usage=Usage())
             )
-            observation.record(ChatResult(outcome=outcome, error=exc, cost=cost))
+            result = ChatResult(outcome=outcome, error=exc, cost=cost)
+            observation.record(result)
+            _settle(admission, result)
             raise
 
     @staticmethod
@@ -388,6 +414,18 @@ class ChatService:
 def _messages_for_telemetry(request: ChatCompletionRequest) -> list[dict[str, Any]]:
     """The prompt as the client sent it (JSON-ready), for spans only when content capture is opted in."""
     return [message.model_dump(mode="json", exclude_none=True) for message in request.messages]
+
+
+def _settle(admission: Admission | None, result: ChatResult) -> None:
+    """Books what the request cost against its tenant's limits, from the result telemetry recorded."""
+    if admission is not None:
+        cost = result.cost
+        admission.settle(
+            backend=admission.decision.backend,
+            outcome=result.outcome,
+            tokens=result.usage.total_tokens,
+            cost_usd=None if cost is None or cost.actual is None else cost.actual.total,
+        )
 
 
 async def _close(iterator: AsyncIterator[Any]) -> None:

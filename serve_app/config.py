@@ -6,6 +6,7 @@ process that needs them.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -112,11 +113,98 @@ class RoutingPolicy(_Args):
 
 class AuthArgs(_Args):
     api_keys_file: str | None = Field(
-        default=None, description="File with one key per line (a mounted Secret); merged with HYBRID_LLM_API_KEYS."
+        default=None,
+        description="Keys file (a mounted Secret), merged with HYBRID_LLM_API_KEYS: one `KEY` or `TENANT:KEY` per line "
+        "(or comma-separated), or YAML with a `tenants:` mapping (keys, key hashes and limits per tenant).",
     )
     allow_unauthenticated: bool = Field(
         default=False, description="Serve /v1 without keys (also HYBRID_LLM_ALLOW_UNAUTHENTICATED=1). Logs a warning."
     )
+
+
+TENANT_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+DEFAULT_TENANT = "default"  # the tenant of a key given without a name
+
+
+class SpendLimit(_Args):
+    """A USD limit on cloud spend and what happens to a cloud request over it. A bare number means `reject`."""
+
+    usd: float = Field(gt=0, description="USD of cloud spend allowed in the window.")
+    over: Literal["reject", "local"] = Field(
+        default="reject",
+        description="Over the limit: `reject` (429 with Retry-After) or `local` (the local model answers where the "
+        "request suits it and the client asked for `auto`; otherwise 429).",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_number(cls, data: Any) -> Any:
+        return {"usd": data} if isinstance(data, int | float) and not isinstance(data, bool) else data
+
+
+class TenantLimits(_Args):
+    """One tenant's limits; None: unlimited. Windows are UTC: the clock minute, day and calendar month."""
+
+    requests_per_minute: int | None = Field(default=None, ge=1, description="Requests admitted per minute.")
+    tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Tokens per minute on either backend (prompt + output)."
+    )
+    local_tokens_per_minute: int | None = Field(
+        default=None, ge=1, description="Tokens per minute on the local model (its share of the GPU)."
+    )
+    usd_per_day: SpendLimit | None = Field(default=None, description="Cloud USD per UTC day.")
+    usd_per_month: SpendLimit | None = Field(default=None, description="Cloud USD per UTC calendar month.")
+
+
+class LedgerArgs(_Args):
+    mode: Literal["actor", "process"] = Field(
+        default="actor",
+        description="`actor`: counters in one named Ray actor shared by every router replica (leases, snapshots); "
+        "`process`: counters in this process only (tests, the dev server, one replica).",
+    )
+    actor_name: str = Field(default="hybrid-llm-ledger", description="Name of the detached ledger actor.")
+    namespace: str = Field(default="hybrid-llm", description="Ray namespace of the ledger actor.")
+    snapshot_path: str | None = Field(
+        default=None, description="File (a volume) the ledger writes its counters to and restores them from."
+    )
+    snapshot_interval_s: float = Field(default=5.0, gt=0, description="Seconds between ledger snapshots.")
+    sync_interval_s: float = Field(
+        default=1.0, gt=0, description="Seconds between a replica's reports of settled spend to the ledger."
+    )
+    lease_fraction: float = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Share of a limit a replica leases at once; it admits requests against its lease without a "
+        "remote call. Near the limit a lease is what remains.",
+    )
+    lease_ttl_s: float = Field(
+        default=30.0, gt=0, description="A replica silent this long loses its unused leases (it died)."
+    )
+    actor_resources: dict[str, float] = Field(
+        default_factory=dict,
+        description="Ray resources of the ledger actor, to place it where `snapshot_path` is mounted (on KubeRay "
+        "the head: {'node:__internal_head__': 0.001}).",
+    )
+
+
+class TenantsArgs(_Args):
+    limits: dict[str, TenantLimits] = Field(
+        default_factory=dict,
+        description="Tenant name -> limits (`default`: keys without a name). These names are also the closed set "
+        "of the `tenant` metric label; any other tenant is labelled `other`.",
+    )
+    cloud_usd_per_hour: SpendLimit | None = Field(
+        default=None, description="Global cloud USD per UTC clock hour, all tenants together."
+    )
+    ledger: LedgerArgs = Field(default_factory=LedgerArgs)
+
+    @model_validator(mode="after")
+    def _names(self) -> TenantsArgs:
+        bad = [name for name in self.limits if not re.match(TENANT_NAME_PATTERN, name)]
+        if bad:
+            raise ValueError(f"tenant names {bad} must match {TENANT_NAME_PATTERN}")
+        return self
 
 
 class ModelPrice(_Args):
@@ -179,6 +267,7 @@ class RouterArgs(_Args):
     auth: AuthArgs = Field(default_factory=AuthArgs)
     pricing: PricingArgs | None = Field(default=None, description="Price table; required when cloud is enabled.")
     telemetry: TelemetryArgs = Field(default_factory=TelemetryArgs)
+    tenants: TenantsArgs = Field(default_factory=TenantsArgs, description="Tenants' limits and the spend ledger.")
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Larger bodies get 413.")
     deployment: dict[str, Any] = Field(
         default_factory=dict, description="Serve options for the router deployment (num_replicas, ...)."

@@ -32,6 +32,7 @@ from serve_app.backends.local import LocalBackend
 from serve_app.chat import ChatService, ChatStream
 from serve_app.config import RouterArgs
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, UpstreamError, error_body, error_headers
+from serve_app.ledger import build_ledger
 from serve_app.messages_api import (
     MESSAGES_REQUEST_SCHEMA,
     error_event,
@@ -45,6 +46,8 @@ from serve_app.messages_api import (
 from serve_app.protocol import ChatCompletionRequest, OpenAIBaseModel
 from serve_app.sse import DONE, encode_data, encode_event
 from serve_app.telemetry import Telemetry
+from serve_app.telemetry.metrics import RayMetricsSink
+from serve_app.tenancy import Tenancy
 
 logger = logging.getLogger(__name__)
 
@@ -131,9 +134,11 @@ def create_app(
     @app.post("/v1/chat/completions", openapi_extra=_json_body("ChatCompletionRequest"))
     async def chat_completions(request: Request) -> Any:
         request.state.request_id = request_id_of(request)
-        keys.check(request.headers.get("authorization"))
+        tenant = keys.check(request.headers.get("authorization"))
         chat_request = parse_chat_request(await read_body(request, max_request_bytes))
-        stream = await service.start(chat_request, request_id=request.state.request_id, headers=request.headers)
+        stream = await service.start(
+            chat_request, request_id=request.state.request_id, headers=request.headers, tenant=tenant
+        )
         headers = _route_headers(stream)
         if echo_request_id:
             headers["X-Request-Id"] = request.state.request_id
@@ -153,11 +158,11 @@ def create_app(
     async def messages(request: Request) -> Any:
         """Anthropic Messages API ingress: same routing, backends and telemetry, Anthropic wire format."""
         request.state.request_id = request_id_of(request)
-        keys.check(_presented_key(request))
+        tenant = keys.check(_presented_key(request))
         body = await read_body(request, max_request_bytes)
         chat_request = to_chat_request(_json_object(body))
         stream = await service.start(
-            chat_request, request_id=request.state.request_id, headers=request.headers, api="anthropic"
+            chat_request, request_id=request.state.request_id, headers=request.headers, api="anthropic", tenant=tenant
         )
         headers = _route_headers(stream)
         if echo_request_id:
@@ -472,8 +477,14 @@ class RouterDeployment:
             from serve_app.backends.anthropic import AnthropicBackend
 
             backends["cloud"] = AnthropicBackend(args.cloud, tracer_provider=telemetry.client_tracer_provider)
-        self._service = ChatService(args, backends=backends, telemetry=telemetry, local_rate=local.usd_per_token)
         self._keys = ApiKeys.load(args.auth)
+        self._tenancy = Tenancy(
+            args, ledger=build_ledger(args.tenants.ledger), metrics=RayMetricsSink(), file_limits=self._keys.file_limits
+        )
+        self._tenancy.start()
+        self._service = ChatService(
+            args, backends=backends, telemetry=telemetry, local_rate=local.usd_per_token, tenancy=self._tenancy
+        )
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -500,6 +511,9 @@ class RouterDeployment:
         refresher = getattr(self, "_refresher", None)
         if refresher is not None:
             refresher.cancel()
+        tenancy = getattr(self, "_tenancy", None)
+        if tenancy is not None:
+            await tenancy.aclose()
         service = getattr(self, "_service", None)
         if service is not None:
             await service.aclose()

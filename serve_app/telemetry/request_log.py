@@ -37,6 +37,7 @@ class RequestFeatures:
     api: str
     prompt_chars: int
     route: RouteInput
+    tenant: str | None = None
 
 
 def http_status(*, outcome: str, error: BaseException | None, stream: bool, started: bool) -> int:
@@ -101,6 +102,7 @@ def build_record(
         ttft_s=ttft_s,
         cost_usd=None if cost is None or cost.actual is None else cost.actual.total,
         counterfactual_cost_usd=None if cost is None or cost.counterfactual is None else cost.counterfactual.total,
+        tenant=features.tenant if features else None,
     )
 
 

@@ -158,6 +158,7 @@ class Telemetry:
         user: str | None = None,
         session_id: str | None = None,
         messages: list[dict] | None = None,
+        tenant: str | None = None,
     ) -> Observation:
         """Starts the request's CLIENT span (`chat {model}` for a model the router serves, else `chat`),
         continuing the client's `traceparent` (or Ray Serve's trace context when Serve tracing is on). Never
@@ -177,6 +178,7 @@ class Telemetry:
                     user=user,
                     session_id=session_id,
                     messages=messages,
+                    tenant=tenant,
                 ),
             )
         except Exception:
@@ -212,6 +214,7 @@ class Telemetry:
         user: str | None,
         session_id: str | None,
         messages: list[dict] | None,
+        tenant: str | None = None,
     ) -> dict[str, Any]:
         attrs: dict[str, Any] = {
             "gen_ai.operation.name": "chat",
@@ -230,6 +233,10 @@ class Telemetry:
             attrs["user.id"] = user
         if session_id:
             attrs["session.id"] = session_id
+        if tenant:  # who owns the key (never the key); the client's own `user` stays the Langfuse user
+            attrs["llm.tenant"] = tenant
+            attrs["langfuse.trace.tags"] = [f"tenant:{tenant}"]
+            attrs["langfuse.observation.metadata.tenant"] = _json(tenant)
         if self.capture_content and messages is not None:
             try:
                 attrs["langfuse.observation.input"] = _json(messages)

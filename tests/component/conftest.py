@@ -20,7 +20,9 @@ from serve_app.backends.base import Backend
 from serve_app.chat import ChatService
 from serve_app.config import AuthArgs, RouterArgs
 from serve_app.ingress import create_app
+from serve_app.ledger import LedgerCore, ProcessLedger
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+from serve_app.tenancy import Tenancy
 from tests.component.fakes import API_KEY, FakeBackend, cloud_backend, local_backend, router_args
 
 BASE_URL = "http://router.test"
@@ -37,6 +39,7 @@ class Router:
     spans: InMemorySpanExporter
     local: Backend
     cloud: Backend | None
+    tenancy: Tenancy | None = None
     clients: list[httpx.AsyncClient] = field(default_factory=list)
 
     def client(self, *, api_key: str | None = API_KEY, raise_app_exceptions: bool = True) -> httpx.AsyncClient:
@@ -69,8 +72,11 @@ def build_router(
     keys: ApiKeys | None = None,
     cloud_standin: bool = False,
     local_rate: Callable[[], float | None] | None = None,
+    tenancy: bool = False,
+    clock: Callable[[], float] | None = None,
 ) -> Router:
-    """`cloud=True`: a ready FakeBackend; `cloud=None`: no cloud backend; else the given backend."""
+    """`cloud=True`: a ready FakeBackend; `cloud=None`: no cloud backend; else the given backend. `tenancy`: tenant
+    limits enforced with the in-process ledger (its clock: `clock`)."""
     args = args or router_args()
     local = local or local_backend()
     cloud_backend_ = cloud_backend() if cloud is True else (cloud or None)
@@ -82,10 +88,15 @@ def build_router(
     backends: dict[str, Backend] = {"local": local}
     if cloud_backend_ is not None:
         backends["cloud"] = cloud_backend_
-    service = ChatService(args, backends=backends, telemetry=telemetry, local_rate=local_rate)
     keys = keys or ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY})
+    tenants = None
+    if tenancy:
+        extra = {"clock": clock} if clock else {}
+        ledger = ProcessLedger(LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, **extra))
+        tenants = Tenancy(args, ledger=ledger, metrics=metrics, file_limits=keys.file_limits, **extra)
+    service = ChatService(args, backends=backends, telemetry=telemetry, local_rate=local_rate, tenancy=tenants)
     app = create_app(service, keys=keys, max_request_bytes=args.max_request_bytes, cloud_standin=cloud_standin)
-    return Router(app, service, telemetry, metrics, exporter, local, cloud_backend_)
+    return Router(app, service, telemetry, metrics, exporter, local, cloud_backend_, tenants)
 
 
 @pytest_asyncio.fixture(loop_scope="function")

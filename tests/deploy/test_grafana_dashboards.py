@@ -30,6 +30,12 @@ ROUTER_METRICS = {
     "ray_router_inflight_requests",
     "ray_router_gpu_cost_usd_per_hour",
     "ray_router_telemetry_dropped_total",
+    "ray_router_tenant_requests_total",
+    "ray_router_tenant_tokens_total",
+    "ray_router_tenant_cost_usd_total",
+    "ray_router_tenant_limited_total",
+    "ray_router_tenant_spend_usd",
+    "ray_router_tenant_budget_usd",
     *(
         f"ray_router_{h}_{suffix}"
         for h in ("request_duration_seconds", "time_to_first_token_seconds", "overhead_seconds")

@@ -1,4 +1,4 @@
-"""auth: keys from env and a Secret file, open mode only on request, and bearer checks in constant time."""
+"""auth: keys from env and a Secret file, their tenants, open mode only on request, constant-time checks."""
 
 from __future__ import annotations
 
@@ -9,14 +9,23 @@ from pathlib import Path
 
 import pytest
 
-from serve_app import auth
+from serve_app import tenants
 from serve_app.auth import KEYS_ENV, OPEN_ENV, ApiKeys
 from serve_app.config import AuthArgs
 from serve_app.errors import Unauthenticated
+from serve_app.tenants import key_digest
 
 
 def load(environ: dict[str, str] | None = None, **args: object) -> ApiKeys:
     return ApiKeys.load(AuthArgs(**args), environ=environ or {})  # type: ignore[arg-type]
+
+
+def digests(keys: ApiKeys) -> tuple[bytes, ...]:
+    return tuple(entry.digest for entry in keys.table.entries)
+
+
+def hashed(*plain: str) -> tuple[bytes, ...]:
+    return tuple(key_digest(k) for k in plain)
 
 
 def keys_file(tmp_path: Path, text: str) -> str:
@@ -27,21 +36,21 @@ def keys_file(tmp_path: Path, text: str) -> str:
 
 def test_api_keys_from_env_comma_separated():
     keys = load({KEYS_ENV: " k1, ,k2 ,"})
-    assert keys.keys == (b"k1", b"k2") and not keys.open
+    assert digests(keys) == hashed("k1", "k2") and not keys.open
     keys.check("Bearer k1")
     keys.check("Bearer k2")
 
 
 def test_api_keys_from_file_merged_with_env(tmp_path):
     keys = load({KEYS_ENV: "env-key"}, api_keys_file=keys_file(tmp_path, "file-key-1\n\n  file-key-2  \n"))
-    assert keys.keys == (b"env-key", b"file-key-1", b"file-key-2")
+    assert digests(keys) == hashed("env-key", "file-key-1", "file-key-2")
     keys.check("Bearer file-key-2")
 
 
 def test_api_keys_file_may_be_comma_separated(tmp_path):
     # cluster/deploy.sh writes ROUTER_API_KEYS (comma-separated) into the Secret as is
     keys = load({}, api_keys_file=keys_file(tmp_path, "k1,k2\nk3 , \n"))
-    assert keys.keys == (b"k1", b"k2", b"k3")
+    assert digests(keys) == hashed("k1", "k2", "k3")
     keys.check("Bearer k1")
     with pytest.raises(Unauthenticated):
         keys.check("Bearer k1,k2")
@@ -50,7 +59,7 @@ def test_api_keys_file_may_be_comma_separated(tmp_path):
 def test_api_keys_missing_file_warns_and_uses_env(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="serve_app.auth"):
         keys = load({KEYS_ENV: "env-key"}, api_keys_file=str(tmp_path / "absent"))
-    assert keys.keys == (b"env-key",)
+    assert digests(keys) == hashed("env-key")
     assert "does not exist" in caplog.text
 
 
@@ -114,10 +123,11 @@ def test_api_keys_compare_every_key_in_constant_time(monkeypatch):
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(tenants.hmac, "compare_digest", spy)
     keys = load({KEYS_ENV: "k1,k2,k3"})
-    keys.check("Bearer k1")  # matches the first key, yet all three are compared
-    assert compared == [(b"k1", b"k1"), (b"k1", b"k2"), (b"k1", b"k3")]
+    keys.check("Bearer k1")  # matches the first key, yet all three are compared, as digests: no key is kept
+    k1, k2, k3 = hashed("k1", "k2", "k3")
+    assert compared == [(k1, k1), (k1, k2), (k1, k3)]
 
 
 def _rotate(path: Path, text: str) -> None:
@@ -171,3 +181,78 @@ def test_api_keys_unchanged_file_is_not_read_again(tmp_path, monkeypatch):
     for _ in range(100):
         keys.check("Bearer k1")
     assert reads == []
+
+
+# ---- tenants ------------------------------------------------------------------------------------------------
+
+
+def test_api_keys_env_entry_with_a_name_gives_its_tenant():
+    keys = load({KEYS_ENV: "team-a:ka, kb ,team_b:kc"})
+    assert keys.check("Bearer ka") == "team-a"
+    assert keys.check("Bearer kb") == "default"
+    assert keys.check("Bearer kc") == "team_b"
+    with pytest.raises(Unauthenticated):
+        keys.check("Bearer team-a:ka")  # the name is not part of the key
+
+
+def test_api_keys_colon_after_an_invalid_name_is_part_of_the_key():
+    keys = load({KEYS_ENV: "not a name:secret"})
+    assert keys.check("Bearer not a name:secret") == "default"
+
+
+def test_api_keys_line_file_with_tenants(tmp_path):
+    keys = load({}, api_keys_file=keys_file(tmp_path, "alpha:k1\nk2,beta:k3\n"))
+    assert [keys.check(f"Bearer {k}") for k in ("k1", "k2", "k3")] == ["alpha", "default", "beta"]
+
+
+def test_api_keys_yaml_file_gives_tenants_hashes_and_limits(tmp_path):
+    text = f"""
+tenants:
+  alpha:
+    keys: [k1, k2]
+    limits: {{requests_per_minute: 5, usd_per_day: {{usd: 2.5, over: local}}, usd_per_month: 40}}
+  beta:
+    key_sha256: ["{key_digest("k3").hex()}"]
+"""
+    keys = load({KEYS_ENV: "gamma:k4"}, api_keys_file=keys_file(tmp_path, text))
+    assert [keys.check(f"Bearer {k}") for k in ("k1", "k2", "k3", "k4")] == ["alpha", "alpha", "beta", "gamma"]
+    limits = keys.file_limits("alpha")
+    assert limits is not None and limits.requests_per_minute == 5
+    assert limits.usd_per_day is not None and (limits.usd_per_day.usd, limits.usd_per_day.over) == (2.5, "local")
+    assert limits.usd_per_month is not None and (limits.usd_per_month.usd, limits.usd_per_month.over) == (40, "reject")
+    assert keys.file_limits("beta") is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "tenants:\n  alpha:\n    keyz: [k1]\n",
+        "tenants:\n  alpha:\n    key_sha256: [abc]\n",
+        "tenants:\n  'bad name':\n    keys: [k1]\n",
+        "tenants:\n  alpha:\n    keys: [k1]\n    limits: {requests_per_minute: 0}\n",
+    ],
+)
+def test_api_keys_invalid_yaml_file_trusts_none_of_its_keys(tmp_path, caplog, text):
+    with caplog.at_level(logging.ERROR, logger="serve_app.auth"):
+        keys = load({KEYS_ENV: "env-key"}, api_keys_file=keys_file(tmp_path, text))
+    assert "is invalid" in caplog.text
+    with pytest.raises(Unauthenticated):
+        keys.check("Bearer k1")
+    assert keys.check("Bearer env-key") == "default"
+
+
+def test_api_keys_rotation_moves_a_key_to_another_tenant_and_its_limits(tmp_path):
+    path = Path(keys_file(tmp_path, "tenants:\n  alpha:\n    keys: [k1]\n    limits: {requests_per_minute: 1}\n"))
+    keys = load({}, api_keys_file=str(path))
+    assert keys.check("Bearer k1") == "alpha"
+    _rotate(path, "tenants:\n  beta:\n    keys: [k1]\n    limits: {requests_per_minute: 9}\n")
+    assert keys.check("Bearer k1") == "beta"
+    limits = keys.file_limits("beta")
+    assert keys.file_limits("alpha") is None and limits is not None and limits.requests_per_minute == 9
+
+
+def test_api_keys_open_mode_names_a_presented_key_tenant():
+    keys = load({OPEN_ENV: "1", KEYS_ENV: "alpha:k1"})
+    assert keys.check(None) == "default"
+    assert keys.check("Bearer nope") == "default"
+    assert keys.check("Bearer k1") == "alpha"
