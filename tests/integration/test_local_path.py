@@ -147,8 +147,9 @@ BAD_INPUTS = [
     ("unknown content part", {"model": "local", "messages": [{"role": "user", "content": [{"type": "video"}]}]}, 400),
     ("content wrong type", {"model": "local", "messages": [{"role": "user", "content": 42}]}, 400),
     (
+        # The concrete model id pins the local model (`local` would be answered by the cloud after the engine's 400).
         "prompt beyond the context window",
-        {"model": "local", "messages": [{"role": "user", "content": "x " * 2000}]},
+        {"model": "local-model", "messages": [{"role": "user", "content": "x " * 2000}]},
         400,
     ),
     ("oversized body", {"model": "local", "messages": [{"role": "user", "content": "y" * 5_000_000}]}, 413),

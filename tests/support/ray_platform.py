@@ -112,6 +112,13 @@ class RayPlatform:
         # HAProxy's metrics and stats ports are fixed by default: two clusters on one machine would clash.
         env["RAY_SERVE_HAPROXY_METRICS_PORT"] = str(self.haproxy_ports[0])
         env["RAY_SERVE_HAPROXY_STATS_PORT"] = str(self.haproxy_ports[1])
+        # So are its config file, admin socket and server state (under /tmp/haproxy-serve): a second cluster's HAProxy
+        # would rewrite the first one's config and route its clients to the other cluster's replicas.
+        haproxy = self.ray_tmp / "haproxy"
+        env["RAY_SERVE_HAPROXY_CONFIG_FILE_LOC"] = str(haproxy / "haproxy.cfg")
+        env["RAY_SERVE_HAPROXY_SOCKET_PATH"] = str(haproxy / "admin.sock")
+        env["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"] = str(haproxy)
+        env["RAY_SERVE_HAPROXY_SERVER_STATE_FILE"] = str(haproxy / "server-state")
         env.update(self.env)
         return env
 
