@@ -200,18 +200,6 @@ class ChatStream:
             raise
         self._outcome = "ok"
 
-    @property
-    def usage(self) -> Usage:
-        return self._tally.usage
-
-    @property
-    def cost_usd(self) -> float | None:
-        """Cost of the usage reported so far on the backend that answers; None until usage is known or unpriced."""
-        if not self._tally.usage_known:
-            return None
-        cost = self._price(self._tally.usage)
-        return None if cost is None or cost.actual is None else cost.actual.total
-
     def billed(self) -> ChatResult:
         """The result as it stands: once the chunks have ended (an error included), exactly what `aclose` hands to
         telemetry, so the usage and cost the client is told match the router's metrics and generation."""
