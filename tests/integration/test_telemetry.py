@@ -250,7 +250,7 @@ def test_prometheus_totals_equal_what_clients_received_and_every_dashboard_query
         # Fallback and error panels may be empty when none happened in the last minute; everything else the
         # running app feeds must show data. A gauge can be missing for a moment (Ray drops one whose export
         # came late), so a panel counts as empty only if it stays empty over five reads two seconds apart.
-        # Tenant panels are fed only where tenants have limits (tests/integration/test_tenant_replicas.py exercises them).
+        # Tenant panels are fed only where tenants have limits (test_tenant_replicas.py exercises them).
         allowed = ("allback", "rror", "ropped", "xemplar", "Tenant")
         expressions = all_expressions()
         empty = {e.location for e in expressions if e.kind == "panel" and not any(a in e.location for a in allowed)}
