@@ -79,3 +79,10 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         anthropic_standin.stop()
         otlp.__exit__(None, None, None)
         langfuse.__exit__(None, None, None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that start a cluster of their own run before the session's platform starts, never beside it: two Ray
+    Serve clusters on one machine share the replicas' direct-ingress ports (SO_REUSEPORT from a fixed range), so the
+    kernel would split one cluster's requests between both."""
+    items.sort(key=lambda item: "platform" in getattr(item, "fixturenames", ()))
