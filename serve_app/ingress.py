@@ -9,7 +9,6 @@ a silent cut.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -29,6 +28,7 @@ from starlette.middleware import Middleware
 from serve_app.assemble import ChatAssembler, client_chunk, usage_chunk
 from serve_app.auth import ApiKeys
 from serve_app.backends.local import LocalBackend
+from serve_app.billing import billed_on_error, billed_usage_chunk, client_usage, cost_headers
 from serve_app.chat import ChatService, ChatStream
 from serve_app.config import RouterArgs
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, UpstreamError, error_body, error_headers
@@ -147,11 +147,11 @@ def create_app(
                 stream, _sse(stream, chat_request), media_type="text/event-stream", headers=headers | _NO_BUFFERING
             )
         assembler = ChatAssembler()
-        async with _billed_on_error(stream), stream:
+        async with billed_on_error(stream), stream:
             async for chunk in stream.chunks():
                 assembler.add(chunk)
-        body = assembler.completion(usage=_client_usage(stream))
-        headers |= _cost_headers(stream)
+        body = assembler.completion(usage=client_usage(stream))
+        headers |= cost_headers(stream)
         return JSONResponse(body, headers=headers)
 
     @app.post(MESSAGES_PATH, openapi_extra=_json_body("MessagesRequest"))
@@ -172,9 +172,9 @@ def create_app(
         if chat_request.stream:
             events = _anthropic_events(stream, message_id=message_id, model=model)
             return _ChatStreamResponse(stream, events, media_type="text/event-stream", headers=headers | _NO_BUFFERING)
-        async with _billed_on_error(stream), stream:
+        async with billed_on_error(stream), stream:
             chunks = [chunk async for chunk in stream.chunks()]
-        headers |= _cost_headers(stream)
+        headers |= cost_headers(stream)
         return JSONResponse(message_from_chunks(chunks, message_id=message_id, model=model), headers=headers)
 
     app.openapi = lambda: _with_request_schemas(app)  # type: ignore[method-assign]
@@ -302,48 +302,19 @@ async def _sse(stream: ChatStream, chat_request: ChatCompletionRequest) -> Async
                     chunk_id=str(first.get("id", "")),
                     created=int(first.get("created") or 0),
                     model=str(first.get("model") or stream.decision.model),
-                    usage=_client_usage(stream),
+                    usage=client_usage(stream),
                 )
             )
     except RouterError as exc:
         if chat_request.wants_usage:
-            yield _billed_usage_chunk(stream, first)
+            yield billed_usage_chunk(stream, first)
         yield encode_data(error_body(exc))
     except Exception:
         logger.exception("stream failed after the first byte")
         if chat_request.wants_usage:
-            yield _billed_usage_chunk(stream, first)
+            yield billed_usage_chunk(stream, first)
         yield encode_data(error_body(RouterError("internal error in the router")))
     yield DONE
-
-
-@contextlib.asynccontextmanager
-async def _billed_on_error(stream: ChatStream) -> AsyncIterator[None]:
-    """A non-stream answer that failed after its first chunk: the error response says what the router billed for
-    the part that was generated (X-Router-Usage, X-Router-Cost-USD), so a client's totals can match the router's."""
-    try:
-        yield
-    except RouterError as exc:
-        usage = stream.billed().usage
-        if usage.total_tokens:
-            exc.billing_headers = {  # type: ignore[attr-defined]
-                "X-Router-Usage": json.dumps(usage.to_openai(), separators=(",", ":")),
-                **({} if (cost := _cost_usd(stream)) is None else {"X-Router-Cost-USD": f"{cost:.9f}"}),
-            }
-        raise
-
-
-def _billed_usage_chunk(stream: ChatStream, first: dict[str, Any]) -> bytes:
-    """Before an in-band error: the usage the router bills for what was streamed (what its metrics and generation
-    count), so a client's totals can still match the router's."""
-    model = str(first.get("model") or stream.decision.model)
-    chunk = usage_chunk(
-        chunk_id=str(first.get("id", "")),
-        created=int(first.get("created") or 0),
-        model=model,
-        usage=_client_usage(stream),
-    )
-    return encode_data(chunk)
 
 
 async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) -> AsyncIterator[bytes]:
@@ -363,37 +334,6 @@ async def _anthropic_events(stream: ChatStream, *, message_id: str, model: str) 
         logger.exception("messages stream failed after the first byte")
         yield encode_event("message_delta", usage_event(stream.billed().usage))
         yield encode_event("error", error_event(RouterError("internal error in the router")))
-
-
-def _client_usage(stream: ChatStream) -> dict[str, Any]:
-    usage = stream.billed().usage.to_openai()
-    cost = _cost_usd(stream)
-    if cost is not None:
-        usage["cost_usd"] = round(cost, 9)
-    if (counterfactual := _counterfactual_usd(stream)) is not None:
-        usage["counterfactual_cost_usd"] = round(counterfactual, 9)
-    return usage
-
-
-def _cost_headers(stream: ChatStream) -> dict[str, str]:
-    """X-Router-Cost-USD and X-Router-Counterfactual-Cost-USD (the same tokens on the other backend), when known."""
-    headers = {}
-    if (cost := _cost_usd(stream)) is not None:
-        headers["X-Router-Cost-USD"] = f"{cost:.9f}"
-    if (counterfactual := _counterfactual_usd(stream)) is not None:
-        headers["X-Router-Counterfactual-Cost-USD"] = f"{counterfactual:.9f}"
-    return headers
-
-
-def _counterfactual_usd(stream: ChatStream) -> float | None:
-    cost = stream.billed().cost
-    return None if cost is None or cost.counterfactual is None else cost.counterfactual.total
-
-
-def _cost_usd(stream: ChatStream) -> float | None:
-    """What the router bills for the answer on the backend that gave it; None when it cannot price it."""
-    cost = stream.billed().cost
-    return None if cost is None or cost.actual is None else cost.actual.total
 
 
 def _presented_key(request: Request) -> str | None:
