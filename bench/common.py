@@ -335,11 +335,17 @@ class Session:
 
 @contextlib.contextmanager
 def session(
-    proxy: str, *, vllm_url: str | None = None, with_model: bool = True, model: str = "smoke"
+    proxy: str,
+    *,
+    vllm_url: str | None = None,
+    with_model: bool = True,
+    model: str = "smoke",
+    routers: dict[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> Iterator[Session]:
     """Starts the stand-ins and one Ray cluster with both Serve applications (+ the telemetry-off router).
 
-    `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks."""
+    `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks. `routers`
+    adds router applications ({name: (route prefix, args overrides)}), e.g. telemetry variants."""
     started = time.monotonic()
     standin, standin_url = start_anthropic_standin()
     try:
@@ -369,7 +375,8 @@ def session(
             "router-notel": (NOTEL_PREFIX, TELEMETRY_OFF),
             "router-otlp": (OTLP_ONLY_PREFIX, LANGFUSE_OFF),
             "router-httpx": (HTTPX_PREFIX, HTTPX_TRANSPORT),
-        },
+        }
+        | (routers or {}),
         extra_apps=[FORWARDER_APP, RAY_INGRESS_APP] if with_model else [FORWARDER_APP],
         apps=("llm", "router") if with_model else ("router",),
         model=model,

@@ -32,6 +32,11 @@ class LocalBackendArgs(_Args):
         default=30.0, gt=0, description="Longest wait for the first chunk before the call counts as failed."
     )
     chunk_timeout_s: float = Field(default=60.0, gt=0, description="Longest gap between two chunks of a stream.")
+    handle_transport: Literal["ray", "grpc"] = Field(
+        default="ray",
+        description="How the router's DeploymentHandle reaches the model replica: `ray` (Ray's streaming generator, "
+        "Serve's default) or `grpc` (Serve's inter-deployment gRPC, the handle option `_by_reference=False`).",
+    )
     cost_rate_max_age_s: float = Field(
         default=3600.0,
         gt=0,

@@ -1,7 +1,8 @@
 """The local backend: the vLLM engine (RouterLLMServer) reached through a DeploymentHandle.
 
 Readiness is read from the handle's own replica set (microseconds, no controller round trip), which drops
-to zero within milliseconds of a replica dying and comes back the moment a new one is ready. Every call is
+to zero within milliseconds of a replica dying and comes back the moment a new one is ready. The handle streams
+over Ray's generator or Serve's inter-deployment gRPC (`handle_transport`). Every call is
 bounded: the first chunk within `first_chunk_timeout_s`, each later one within `chunk_timeout_s`. The model
 replica ends each stream with its GPU's amortised USD per token (`LOCAL_COST_KEY`), kept here for pricing for
 at most `cost_rate_max_age_s`. The request's trace context (the router span, current while a step runs) travels
@@ -16,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import grpc
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from ray import serve
 from ray.exceptions import RayError
@@ -64,7 +66,10 @@ class LocalBackend:
         if not handle.is_initialized:
             handle._init()  # so the replica set is tracked before the first request
         self._handle = handle
-        self._stream_handle = handle.options(stream=True, method_name="chat_json")
+        # `grpc`: each streamed item is a message on one gRPC stream instead of an object of Ray's streaming generator
+        self._stream_handle = handle.options(
+            stream=True, method_name="chat_json", _by_reference=args.handle_transport == "ray"
+        )
 
     def state(self) -> BackendState:
         replicas = self._replica_count()
@@ -124,7 +129,7 @@ class LocalBackend:
                 code="local_saturated",
                 retry_after=getattr(exc, "retry_after_s", None) or 1,  # Serve's own hint when it gives one
             ) from exc
-        except (RayError, RayServeException, DeploymentUnavailableError) as exc:
+        except (RayError, RayServeException, DeploymentUnavailableError, grpc.RpcError) as exc:
             logger.warning("local backend call failed: %s", type(exc).__name__)
             raise UpstreamUnavailable(
                 f"the local model failed: {type(exc).__name__}", backend="local", retry_after=5

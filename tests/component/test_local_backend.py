@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import pytest
 from ray.serve.exceptions import BackPressureError
 
@@ -130,8 +131,10 @@ class _Handle:
         self.answers: list[list[Any]] = []
         self.bodies: list[dict[str, Any]] = []
         self.responses: list[_Response] = []
+        self.options_given: list[dict[str, Any]] = []
 
-    def options(self, **_: Any) -> _Handle:
+    def options(self, **options: Any) -> _Handle:
+        self.options_given.append(options)
         return self
 
     def remote(self, body: dict[str, Any]) -> _Response:
@@ -253,4 +256,29 @@ async def test_in_flight_counts_calls_while_they_stream_and_none_after_any_endin
     assert backend.state().inflight == 0 and handle.responses[1].cancelled
     with pytest.raises(RuntimeError):
         [c async for c in backend.stream(_request(), model="local-model", request_id="r3")]
+    assert backend.state().inflight == 0
+
+
+@pytest.mark.parametrize(("transport", "by_reference"), [("ray", True), ("grpc", False)])
+def test_the_handle_streams_chat_json_over_the_configured_transport(transport, by_reference) -> None:
+    handle = _Handle()
+    LocalBackend(LocalBackendArgs(handle_transport=transport), RoutingPolicy(), handle=handle)  # type: ignore[arg-type]
+    assert handle.options_given == [{"stream": True, "method_name": "chat_json", "_by_reference": by_reference}]
+
+
+def _rpc_error(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(code, grpc.aio.Metadata(), grpc.aio.Metadata(), details="replica went away")
+
+
+@pytest.mark.parametrize(
+    "answer", [[_rpc_error(grpc.StatusCode.INTERNAL)], [CHUNK, _rpc_error(grpc.StatusCode.UNKNOWN)]]
+)
+async def test_a_failed_grpc_stream_is_a_503_not_a_500(answer) -> None:
+    """On the gRPC transport Serve raises the replica's failures (other than UNAVAILABLE) as gRPC errors."""
+    handle = _Handle()
+    backend = LocalBackend(LocalBackendArgs(handle_transport="grpc"), RoutingPolicy(), handle=handle)  # type: ignore[arg-type]
+    handle.answers = [answer]
+    with pytest.raises(UpstreamUnavailable) as info:
+        [c async for c in backend.stream(_request(), model="local-model", request_id="r1")]
+    assert info.value.status_code == 503
     assert backend.state().inflight == 0
