@@ -3,13 +3,17 @@
 Three sides on the same checkpoint and engine arguments (float32, max_model_len 2048, eager), interleaved in
 batches so the VM's drift hits them alike:
 
-    direct        vLLM's own OpenAI server in its own process: the floor without Ray
+    direct        vLLM's own OpenAI server in its own process: the floor without Ray (stats logging off)
+    direct-stats  a second such server with vLLM's default stats logging on, as Ray Serve LLM runs its engine
+                  (`log_engine_metrics`, for the ray_vllm_* metrics): what the engine's metrics cost per token
     ingress       Ray Serve LLM's OpenAiIngress in front of the platform's LLMServer (bench/ray_ingress.py)
-    router        the router, model "local": Serve proxy -> router -> DeploymentHandle -> LLMServer
+    router        the router as configured (serve_config.local.yaml), model "local": HAProxy -> router ->
+                  DeploymentHandle -> LLMServer
     router-notel  the same router application with telemetry off (no spans in the router, the model replica
                   or the engine), in the same cluster: what telemetry costs the local path
     router-grpc   the same router application with `local.handle_transport: grpc` (Serve's inter-deployment
                   gRPC instead of Ray's streaming generator between the router and the model replica)
+    router-ray    the same with `local.handle_transport: ray` (Serve's default: Ray's streaming generator)
     handle        the model replica's `chat_json` (the router's call, with the router's body) through a
                   DeploymentHandle from this process: no HTTP, no router (`--no-handle` leaves it out)
     handle-grpc   the same over Serve's inter-deployment gRPC
@@ -29,14 +33,18 @@ import json
 import os
 import random
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import openai
 
 from bench import common
 from bench.common import API_KEY
+from tests.support.prometheus import free_port
 
 PROMPT = "Explain in a short paragraph how a bicycle works."
 MAX_TOKENS = 64
@@ -46,8 +54,19 @@ GRPC_PREFIX = "/grpc"
 # `worker_niceness` default); the direct server is put at the same, so that other work on the machine takes no
 # more CPU from one side than from the other.
 RAY_WORKER_NICENESS = 15
-ALL_SIDES = ("direct", "ingress", "router", "router-notel", "router-grpc", "handle", "handle-grpc")
-DEFAULT_SIDES = ("direct", "ingress", "router", "router-grpc")
+ALL_SIDES = (
+    "direct",
+    "direct-stats",
+    "ingress",
+    "router",
+    "router-notel",
+    "router-grpc",
+    "router-ray",
+    "handle",
+    "handle-grpc",
+)
+RAY_PREFIX = "/ray-handle"
+DEFAULT_SIDES = ("direct", "ingress", "router", "router-ray")
 
 
 async def _stream(client: openai.AsyncOpenAI, model: str) -> dict[str, float]:
@@ -83,6 +102,76 @@ def _renice(pid: int, niceness: int) -> int:
                 os.setpriority(os.PRIO_PROCESS, thread.id, niceness)
                 count += 1
     return count
+
+
+PROFILED = {"model replica": "ServeReplica:llm:", "router": "ServeReplica:router:Router", "engine core": None}
+
+
+def _profile(side: Side, *, seconds: float) -> dict[str, Any]:
+    """py-spy (its `raw` collapsed stacks, non-blocking, 100 Hz) on the Ray side's processes while the router
+    streams 8 at a time; per process: samples and the functions with the most samples on top of the stack."""
+    import psutil
+
+    pids: dict[str, int] = {}
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            cmdline = " ".join(process.info["cmdline"] or ())
+            for name, marker in PROFILED.items():
+                if marker is not None and marker in cmdline:
+                    pids[name] = process.pid
+    if "model replica" in pids:  # the engine core under the model replica, not the direct server's
+        for child in psutil.Process(pids["model replica"]).children(recursive=True):
+            if "EngineCore" in " ".join(child.cmdline()):
+                pids["engine core"] = child.pid
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    paths = {name: common.RESULTS / f"py-spy-{name.replace(' ', '-')}.txt" for name in pids}
+    spy = str(Path(sys.executable).parent / "py-spy")
+    spies = []
+    for name, pid in pids.items():
+        args = [spy, "record", "--nonblocking", "--format", "raw", "-d", str(int(seconds)), "-o", str(paths[name])]
+        spies.append(subprocess.Popen([*args, "-p", str(pid)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+
+    async def drive() -> int:
+        deadline = time.perf_counter() + seconds + 1
+        streams = 0
+        while time.perf_counter() < deadline:
+            streams += len(await asyncio.gather(*(side() for _ in range(8))))
+        return streams
+
+    streams = asyncio.run(drive())
+    for process in spies:
+        process.wait(timeout=60)
+    return {"seconds": seconds, "streams": streams} | {name: _top_frames(path) for name, path in paths.items()}
+
+
+def _top_frames(path: Path, top: int = 15) -> dict[str, Any]:
+    """Self samples per function (the frame on top of each collapsed stack), most first."""
+    counts: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines() if path.exists() else ():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        total += int(count)
+        frame = stack.split(";")[-1]
+        counts[frame] = counts.get(frame, 0) + int(count)
+    ranked = sorted(counts.items(), key=lambda item: -item[1])[:top]
+    return {"samples": total, "top": [[frame, n] for frame, n in ranked]}
+
+
+def _start_direct_with_stats(model_dir: Any) -> tuple[common.Child, str]:
+    """vLLM's server as `common.start_vllm_direct` starts it, but with the engine's stats logging left on."""
+    port = free_port()
+    child = common.spawn(
+        [
+            sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+            "--served-model-name", "local-model", "--dtype", "float32", "--max-model-len", str(MAX_MODEL_LEN),
+            "--enforce-eager", "--host", "127.0.0.1", "--port", str(port),
+        ],
+        env=dict(os.environ) | common.RAY_ENV,
+        log_name="vllm-direct-stats",
+    )  # fmt: skip
+    return child, f"http://127.0.0.1:{port}"
 
 
 def _niceness_of(marker: str) -> int | None:
@@ -158,6 +247,8 @@ async def measure(sides: dict[str, Side], *, rounds: dict[int, int]) -> dict[str
     out: dict[str, Any] = {}
     rng = random.Random(7)
     for concurrency, count in rounds.items():
+        if count <= 0:
+            continue
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in sides}
         aggregate: dict[str, list[float]] = {name: [] for name in sides}
         order = list(sides)
@@ -194,7 +285,7 @@ def table(data: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key in ("c1", "c8"):
-        for name, row in data[key].items():
+        for name, row in data.get(key, {}).items():
             lines.append(
                 f"| {name} | {key[1:]} | {row['ttft_ms']['n']} | {row['ttft_ms']['p50']:.0f} ms | "
                 f"{row['ttft_ms']['p95']:.0f} ms | {row['itl_ms']['p50']:.1f} ms | {row['itl_ms']['p95']:.1f} ms | "
@@ -208,6 +299,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a first look, not a figure)")
     parser.add_argument("--rounds-c1", type=int, default=25, help="streams per side at concurrency 1")
     parser.add_argument("--rounds-c8", type=int, default=8, help="batches of 8 streams per side at concurrency 8")
+    parser.add_argument(
+        "--profile",
+        type=float,
+        default=0,
+        help="after measuring, stream 8 at a time through the router for this many seconds under py-spy "
+        "(model replica, router, engine core) and write each process's top functions to the results",
+    )
     parser.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"comma-separated subset of {ALL_SIDES}")
     opts = parser.parse_args()
     os.environ.setdefault("HYBRID_LLM_CACHE_DIR", str(common.REPO / ".cache"))  # where RayPlatform's replicas look
@@ -215,14 +313,21 @@ def main() -> None:
 
     model_dir = ensure_default_model(progress=print)
     rounds = {1: 4, 8: 2} if opts.quick else {1: opts.rounds_c1, 8: opts.rounds_c8}
+    names = opts.sides.split(",")
     vllm, vllm_url = common.start_vllm_direct(model_dir, max_model_len=MAX_MODEL_LEN)
+    servers = [(vllm, vllm_url)]
+    if "direct-stats" in names:
+        servers.append(_start_direct_with_stats(model_dir))
     handle = False
     try:
-        common.wait_http_ok(vllm_url + "/health", 300, vllm)
-        print(
-            f"direct server: {_renice(vllm.process.pid, RAY_WORKER_NICENESS)} threads at niceness {RAY_WORKER_NICENESS}"
-        )
-        routers = {"router-grpc": (GRPC_PREFIX, {"local": {"handle_transport": "grpc"}})}
+        for server, url in servers:
+            common.wait_http_ok(url + "/health", 300, server)
+            threads = _renice(server.process.pid, RAY_WORKER_NICENESS)
+            print(f"direct server {url}: {threads} threads at niceness {RAY_WORKER_NICENESS}", flush=True)
+        routers = {
+            "router-grpc": (GRPC_PREFIX, {"local": {"handle_transport": "grpc"}}),
+            "router-ray": (RAY_PREFIX, {"local": {"handle_transport": "ray"}}),
+        }
         with common.session("haproxy", vllm_url=vllm_url, model="default", routers=routers) as s:
             common.banner("default model (SmolLM2-135M-Instruct), haproxy")
 
@@ -232,25 +337,30 @@ def main() -> None:
 
             every: dict[str, Callable[[], Side]] = {
                 "direct": lambda: client(vllm_url, "local-model"),
+                "direct-stats": lambda: client(servers[-1][1], "local-model"),
                 "ingress": lambda: client(s.ingress_url, "local-model"),
                 "router": lambda: client(s.router_url, "local", API_KEY),
                 "router-notel": lambda: client(s.notel_url, "local", API_KEY),
                 "router-grpc": lambda: client(s.router_url + GRPC_PREFIX, "local", API_KEY),
+                "router-ray": lambda: client(s.router_url + RAY_PREFIX, "local", API_KEY),
                 "handle": lambda: HandleSide(s.platform.address),
                 "handle-grpc": lambda: HandleSide(s.platform.address, by_reference=False),
             }
-            sides = {name: every[name]() for name in opts.sides.split(",")}
+            sides = {name: every[name]() for name in names}
             handle = any(name.startswith("handle") for name in sides)
             data_niceness = _niceness_of("ServeReplica:llm:")
             load_before = common.load_average()
             data = asyncio.run(measure(sides, rounds=rounds))
             data["load_before"], data["load_after"] = load_before, common.load_average()
             data["model_replica_niceness"] = data_niceness
+            if opts.profile:
+                data["profile"] = _profile(every["router"](), seconds=opts.profile)
             data["rounds"] = {f"c{c}": n for c, n in rounds.items()}
     finally:
         if handle:
             HandleSide.close()
-        vllm.stop()
+        for server, _ in servers:
+            server.stop()
     print(table(data))
     path = common.write_result("default-model", {"bench": "default-model", "machine": common.machine()} | data)
     print(f"results: {path}")
