@@ -66,7 +66,7 @@ ALL_SIDES = (
     "handle-grpc",
 )
 RAY_PREFIX = "/ray-handle"
-DEFAULT_SIDES = ("direct", "ingress", "router", "router-ray")
+DEFAULT_SIDES = ("direct", "ingress", "router", "router-grpc")
 
 
 async def _stream(client: openai.AsyncOpenAI, model: str) -> dict[str, float]:

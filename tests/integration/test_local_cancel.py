@@ -1,8 +1,8 @@
-"""A client that leaves a local stream stops the model replica's work on it, whatever the handle's transport.
+"""A client that leaves a local stream stops the model replica's work on it.
 
-The CPU profile streams the handle over Serve's gRPC (`local.handle_transport: grpc`): the router's cancel must
-reach the model replica there as it does over Ray's generator, or the engine would go on generating for nobody.
-The model replica's own span says how its stream ended (`llm.cancelled`), read from the OTLP stand-in.
+The router's cancel of its handle call must reach the model replica (over Ray's generator, or over Serve's gRPC
+with `local.handle_transport: grpc`), or the engine would go on generating for nobody. The model replica's own
+span says how its stream ended (`llm.cancelled`), read from the OTLP stand-in.
 """
 
 from __future__ import annotations

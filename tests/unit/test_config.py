@@ -74,15 +74,6 @@ def test_serve_config_router_addresses_the_llm_app(config_name):
     assert router_args.local.context_window == llm_args.engine_kwargs["max_model_len"]
 
 
-@pytest.mark.parametrize(
-    ("config_name", "transport"), [("serve_config.yaml", "ray"), ("serve_config.local.yaml", "grpc")]
-)
-def test_serve_config_handle_transport(config_name, transport):
-    """The CPU profile (the one the integration tests deploy, so every local stream there runs over it) streams the
-    handle over Serve's gRPC; production keeps Serve's default until it is measured on a GPU."""
-    assert RouterArgs.model_validate(app_args(config_name, "router")["args"]).local.handle_transport == transport
-
-
 # ---- cross-field rules --------------------------------------------------------------------------------------------
 
 
