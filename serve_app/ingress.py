@@ -445,6 +445,13 @@ class RouterDeployment:
                 logger.debug("readiness refresh failed", exc_info=True)
             await asyncio.sleep(_READINESS_PERIOD_S)
 
+    async def debug_counts(self) -> dict[str, int]:
+        """The replica's asyncio task count and PID, for a leak check (bench/soak.py). Reached only through a
+        DeploymentHandle (no HTTP route maps to it) and only with `debug_introspection` on in the router's args."""
+        if not self._args.debug_introspection:
+            raise PermissionError("debug_introspection is off in the router's args")
+        return {"asyncio_tasks": len(asyncio.all_tasks()), "pid": os.getpid()}
+
     async def __del__(self) -> None:
         """Serve's graceful shutdown (awaited, like Ray's own ASGI wrapper's): stops the readiness task, closes the
         backends' upstream connections and flushes telemetry."""
