@@ -109,11 +109,14 @@ def analyse(answers: list[Answer], timeline: dict[str, Any], before: str, after:
     kill_start, kill_end = timeline["kill_start"], timeline["kill_end"]
     back = timeline.get("local_back")
     streams = [a for a in answers if a.stream]
-    # Local answers under way while the kill was carried out (the action returns once the actor is killed).
+    # Answers under way at some moment of the kill action (the replica dies between its start and its return: it
+    # connects a driver, finds the actor and kills it), local streams counted once the router had answered.
     local_streams_at_kill = [
-        a for a in streams if a.backend == "local" and a.headers_at is not None and a.started <= kill_end < a.ended
+        a
+        for a in streams
+        if a.backend == "local" and a.headers_at is not None and a.headers_at <= kill_end and a.ended >= kill_start
     ]
-    local_json_at_kill = [a for a in answers if not a.stream and a.started <= kill_end < a.ended]
+    local_json_at_kill = [a for a in answers if not a.stream and a.started <= kill_end and a.ended >= kill_start]
     errored = [a for a in streams if a.error_event]
     during = [a for a in answers if kill_end < a.started < (back or timeline["load_end"])]
     router_total = chat_load.total(after, REQUESTS_TOTAL) - chat_load.total(before, REQUESTS_TOTAL)
@@ -132,6 +135,17 @@ def analyse(answers: list[Answer], timeline: dict[str, Any], before: str, after:
         "non_streamed_in_flight_at_kill_answers": dict(
             Counter(f"{a.status} {a.backend}/{a.reason}" for a in local_json_at_kill)
         ),
+        "5xx_answers": [
+            {
+                "stream": a.stream,
+                "status": a.status,
+                "backend": a.backend,
+                "started_s": round(a.started - kill_start, 3),
+                "ended_s": round(a.ended - kill_start, 3),
+            }
+            for a in answers
+            if a.status >= 500
+        ],
         "kill": timeline.get("kill_detail"),
         "kill_at_s": round(kill_start - timeline["load_start"], 3),
         "kill_action_s": round(kill_end - kill_start, 3),
