@@ -33,6 +33,7 @@ from collections import Counter
 from typing import Any
 
 import httpx
+import psutil
 
 from bench import proof_support as ps
 from serve_app.records import RequestRecord, read_records
@@ -46,19 +47,24 @@ THROUGHPUT_TOLERANCE = 0.05
 class Sampler:
     """Samples the router replica every `every` seconds in a thread: /proc figures and the asyncio task count."""
 
-    def __init__(self, ray: Any, pid: int, handle: Any, every: float) -> None:
-        self.pid, self.handle, self.every = pid, handle, every
+    def __init__(self, pid: int, handle: Any, every: float, standin_port: int) -> None:
+        self.pid, self.handle, self.every, self.standin_port = pid, handle, every, standin_port
         self.samples: list[dict[str, Any]] = []
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name="soak-sampler", daemon=True)
         self.t0 = time.time()
 
-    def sample(self, label: str = "") -> dict[str, Any]:
-        counts = self.handle.debug_counts.remote().result(timeout_s=30)
+    def sample(self, label: str = "", top_types: int = 0) -> dict[str, Any]:
+        with self._lock:  # the sampler thread and the idle samples share the handle
+            counts = self.handle.debug_counts.remote(top_types=top_types).result(timeout_s=30)
         if counts["pid"] != self.pid:
             raise RuntimeError(f"the router replica changed: pid {self.pid} -> {counts['pid']}")
         sample = {"t_s": round(time.time() - self.t0, 1), **ps.process_sample(self.pid)}
-        sample["asyncio_tasks"] = counts["asyncio_tasks"]
+        sample |= {"asyncio_tasks": counts["asyncio_tasks"], "gc_objects": counts["gc_objects"]}
+        sample |= tcp_connections(self.pid, self.standin_port)
+        if top_types:
+            sample["top_types"] = counts["top_types"]
         if label:
             sample["label"] = label
         return sample
@@ -154,9 +160,36 @@ async def _capacity(base_url: str, seconds: float, concurrency: int = 16) -> dic
     }
 
 
-def idle_sample(sampler: Sampler, label: str, settle_s: float = 5.0) -> dict[str, Any]:
+def tcp_connections(pid: int, standin_port: int) -> dict[str, int]:
+    """The replica's TCP sockets: from the proxy (to a port it listens on), to the cloud stand-in, other (Ray's
+    own: GCS, raylet, the model replica), and any in CLOSE_WAIT (a peer closed, this side never did: a leak)."""
+    out = {"tcp_inbound": 0, "tcp_standin": 0, "tcp_other": 0, "close_wait": 0}
+    connections = psutil.Process(pid).net_connections(kind="tcp")
+    listening = {c.laddr.port for c in connections if c.status == psutil.CONN_LISTEN}
+    for c in connections:
+        if c.status == psutil.CONN_LISTEN:
+            continue
+        out["close_wait"] += c.status == psutil.CONN_CLOSE_WAIT
+        if c.raddr and c.raddr.port == standin_port:
+            out["tcp_standin"] += 1
+        elif c.laddr.port in listening:
+            out["tcp_inbound"] += 1
+        else:
+            out["tcp_other"] += 1
+    return out
+
+
+def idle_sample(sampler: Sampler, label: str, settle_s: float = 5.0, reads: int = 3) -> dict[str, Any]:
+    """The replica with no request in flight: the least of `reads` samples 2 s apart of each figure, so a
+    connection that the proxy is just closing or a background tick does not count as growth."""
     time.sleep(settle_s)  # the last answers' telemetry and connection teardown
-    sample = sampler.sample(label)
+    taken = []
+    for i in range(reads):
+        if i:
+            time.sleep(2)
+        taken.append(sampler.sample(label, top_types=12 if i == reads - 1 else 0))
+    sample = {key: min(s[key] for s in taken) if isinstance(taken[0][key], int) else taken[-1][key] for key in taken[0]}
+    sample |= {"t_s": taken[-1]["t_s"], "top_types": taken[-1]["top_types"]}
     print(f"  idle sample {label}: {sample}", flush=True)
     return sample
 
@@ -172,11 +205,19 @@ def verdicts(figures: dict[str, Any]) -> ps.Verdicts:
         f"{a['rss_kib'] / 1024:.1f} MiB -> {b['rss_kib'] / 1024:.1f} MiB ({growth:+.2%}); peak "
         f"{figures['rss_peak_kib'] / 1024:.1f} MiB",
     )
-    v.check("no growth in open descriptors", b["fds"] <= a["fds"], f"idle {a['fds']} -> {b['fds']}")
+    # The proxy keeps a pool of connections to the replica that follows the load's peaks: those are live, not leaked.
+    pool = b["tcp_inbound"] - a["tcp_inbound"]
+    v.check(
+        "no growth in open descriptors",
+        b["fds"] - max(pool, 0) <= a["fds"] and b["close_wait"] == 0,
+        f"idle {a['fds']} -> {b['fds']} (the proxy's live connections {a['tcp_inbound']} -> {b['tcp_inbound']}, "
+        f"to the stand-in {a['tcp_standin']} -> {b['tcp_standin']}, other TCP {a['tcp_other']} -> {b['tcp_other']}, "
+        f"CLOSE_WAIT {b['close_wait']})",
+    )
     v.check(
         "no growth in asyncio tasks",
         b["asyncio_tasks"] <= a["asyncio_tasks"],
-        f"idle {a['asyncio_tasks']} -> {b['asyncio_tasks']}",
+        f"idle {a['asyncio_tasks']} -> {b['asyncio_tasks']} (Python objects {a['gc_objects']} -> {b['gc_objects']})",
     )
     minutes = figures["per_minute"]
     if len(minutes) >= 2:
@@ -222,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             figures: dict[str, Any] = {"router_pid": pid, "rate_per_s": opts.rate, "minutes": opts.minutes}
             figures["capacity_before"] = asyncio.run(_capacity(ray.base_url, 15))
             print(f"  capacity before: {figures['capacity_before']}", flush=True)
-            with Sampler(ray, pid, handle, opts.every) as sampler:
+            with Sampler(pid, handle, opts.every, standin.port) as sampler:
                 sampler.samples.append(sampler.sample("start"))
                 print(f"  warm-up: {opts.warmup:g} min of mixed at {opts.rate:g}/s", flush=True)
                 warm = mixed_run(ray, minutes=opts.warmup, rate=opts.rate, seed=opts.seed, run_id="warmup")
@@ -265,14 +306,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_table(figures: dict[str, Any]) -> None:
-    print("  t (s)   RSS MiB   fds  threads  asyncio tasks")
+    print("  t (s)   RSS MiB   fds  proxy conns  threads  asyncio tasks  GC objects")
     for s in figures["samples"]:
         if "error" in s:
             print(f"  {s['t_s']:>6}  sample failed: {s['error']}")
             continue
         label = f"  ({s['label']})" if "label" in s else ""
-        rss = s["rss_kib"] / 1024
-        print(f"  {s['t_s']:>6}  {rss:8.1f}  {s['fds']:4}  {s['threads']:7}  {s['asyncio_tasks']:13}{label}")
+        rss, conns = s["rss_kib"] / 1024, s["tcp_inbound"]
+        print(
+            f"  {s['t_s']:>6}  {rss:8.1f}  {s['fds']:4}  {conns:11}  {s['threads']:7}  {s['asyncio_tasks']:13}  "
+            f"{s['gc_objects']:10}{label}"
+        )
     print("  minute  answered  ok  local  p50 s  p95 s")
     for m in figures["per_minute"]:
         print(f"  {m['minute']:>6}  {m['answered']:8}  {m['ok']:3}  {m['local']:5}  {m['p50_s']:5}  {m['p95_s']:5}")

@@ -38,6 +38,19 @@ async def test_debug_counts_gives_the_replica_loop_task_count_when_on():
             task.cancel()
     assert idle["pid"] == busy["pid"] == os.getpid()
     assert busy["asyncio_tasks"] == idle["asyncio_tasks"] + 7
+    assert idle["gc_objects"] > 0 and "top_types" not in idle
+
+
+async def test_debug_counts_names_the_most_common_object_types_when_asked():
+    replica = SimpleNamespace(_args=router_args(debug_introspection=True))
+    kept = [_Marker() for _ in range(300_000)]  # more than any other type in this process
+    counts = await _debug_counts(replica, top_types=3)
+    assert len(counts["top_types"]) == 3
+    assert counts["top_types"][0] == ("_Marker", len(kept))
+
+
+class _Marker:
+    pass
 
 
 async def test_no_http_route_reaches_the_debug_hook(make_router):
