@@ -18,7 +18,7 @@ per round, routers in a fresh random order each round). Properties (PASS/FAIL, e
     drops counted     ray_router_telemetry_dropped_total{sink="otlp"} and {sink="langfuse"} rose for the hang
                       router, and the blackholes did take connections
 
-Run: flock /tmp/ray-integration.lock python -m bench.bench_telemetry_blackhole [--rounds-c1 300] [--rounds-c16 40]
+Run: flock /tmp/ray-integration.lock python -m bench.bench_telemetry_blackhole [--rounds-c1 1000] [--rounds-c16 120]
 Figures: bench/results/telemetry-blackhole.json.
 """
 
@@ -121,8 +121,8 @@ def verdicts(figures: dict[str, Any], export_timeout_s: float) -> ps.Verdicts:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds-c1", type=int, default=300)
-    parser.add_argument("--rounds-c16", type=int, default=40)
+    parser.add_argument("--rounds-c1", type=int, default=1000)
+    parser.add_argument("--rounds-c16", type=int, default=120)
     parser.add_argument("--warmup-s", type=float, default=20.0, help="Load before measuring (exporters block).")
     parser.add_argument("--seed", type=int, default=5)
     opts = parser.parse_args(argv)
