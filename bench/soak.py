@@ -298,11 +298,22 @@ def main(argv: list[str] | None = None) -> int:
         "load_average_before": load_before,
         "load_average_after": ps.load_average(),
     }
+    figures["rss_by_minute_mib"] = rss_by_minute(good)
     print_table(figures)
     result = verdicts(figures)
     ps.write_result("soak", {"bench": "soak", **figures, "checks": result.checks})
     print("PASS" if result.passed else "FAIL")
     return 0 if result.passed else 1
+
+
+def rss_by_minute(samples: list[dict[str, Any]]) -> list[float]:
+    """The replica's RSS (MiB) at each whole minute of the soak (the last sample at or before it): whether memory
+    still grows at the end or has levelled off shows here, not in one before/after pair."""
+    out = []
+    for minute in range(1, int(samples[-1]["t_s"] // 60) + 1):
+        before = [s for s in samples if s["t_s"] <= 60 * minute]
+        out.append(round(before[-1]["rss_kib"] / 1024, 1))
+    return out
 
 
 def print_table(figures: dict[str, Any]) -> None:
@@ -320,7 +331,8 @@ def print_table(figures: dict[str, Any]) -> None:
     print("  minute  answered  ok  local  p50 s  p95 s")
     for m in figures["per_minute"]:
         print(f"  {m['minute']:>6}  {m['answered']:8}  {m['ok']:3}  {m['local']:5}  {m['p50_s']:5}  {m['p95_s']:5}")
-    for key in ("requests", "statuses", "routes", "counters_agree", "late_sends", "capacity_after_over_before"):
+    keys = ("requests", "statuses", "routes", "counters_agree", "late_sends", "capacity_after_over_before")
+    for key in (*keys, "rss_by_minute_mib"):
         print(f"  {key}: {figures[key]}")
 
 
