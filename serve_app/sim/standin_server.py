@@ -2,7 +2,7 @@
 
 `make serve` runs it (`python -m serve_app.sim.standin_server --port 8200 --model-suffix=-standin`) when no
 ANTHROPIC_API_KEY is set, and bench/bench_sim_generator.py loads it. The stdlib server in serve_app.sim.standin
-stays the tests' in-process stand-in; both answer from serve_app.sim.standin_replies and share its fault windows.
+stays the tests' in-process stand-in; both answer from serve_app.sim.standin_replies, with the same fault window.
 """
 
 from __future__ import annotations
