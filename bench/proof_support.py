@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -217,6 +218,7 @@ def platform(
         yield ray
     finally:
         ray.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------------ the router replica
