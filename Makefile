@@ -25,7 +25,7 @@ export RAY_SERVE_ENABLE_HA_PROXY ?= 1
 # (docs/hardening.md).
 export RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH ?= serve_app.ingress:serve_http_middlewares
 
-.PHONY: install system-deps serve stop status test lint test-fast fuzz bench simulate rayservice check-rayservice deploy teardown verify clean
+.PHONY: install system-deps serve stop status test lint test-fast fuzz soak bench simulate rayservice check-rayservice deploy teardown verify clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -99,6 +99,11 @@ fuzz: install
 	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} FUZZ_REPORT=$(STATE)/fuzz-report.json \
 	  $(PY) -m pytest -q tests/component/test_fuzz_ingress.py
 	@cat $(STATE)/fuzz-report.json
+
+# Soak: SOAK_MINUTES (default 10) of the simulator's mixed workload through the router on a Ray cluster of its own;
+# router replica RSS, descriptors, asyncio tasks and throughput over time (bench/results/soak.json, docs/hardening.md).
+soak: install
+	$(PY) -m bench.soak --minutes $${SOAK_MINUTES:-10}
 
 bench: install
 	$(PY) -m bench.run_all

@@ -1,7 +1,8 @@
 """The chat service: decide, call the backend (falling back before the first byte), own each answer; no HTTP here.
 
-`ChatService.start` returns once the answering backend has produced its first chunk, so the HTTP edge can
-still send a real status for any failure up to that point. The `ChatStream` it returns is the one owner of the
+`ChatService.start` returns once the answering backend has produced its first chunk (a non-streamed answer: all of
+it, as its client sees nothing before the end), so the HTTP edge can still send a real status, or the other backend
+answer, for any failure up to that point. The `ChatStream` it returns is the one owner of the
 request's result: it accumulates usage from the chunks, prices it (cloud list prices, or the local GPU rate from
 the source it was given at the start), closes the upstream exactly once (`aclose`, or `async with`) and then
 hands the finished `ChatResult` to telemetry, which only records it. The HTTP edge renders from the stream.
@@ -163,6 +164,7 @@ class ChatStream:
         prompt_tokens_estimated: int,
         dropped_params: tuple[str, ...] = (),
         admission: Admission | None = None,
+        tallied: bool = False,
     ) -> None:
         self.decision = decision
         self.first = first
@@ -171,6 +173,7 @@ class ChatStream:
         self._observation = observation
         self._upstream = upstream
         self._tally = tally
+        self._tallied = tallied  # the upstream's chunks are in the tally already (a non-streamed answer, read whole)
         self._price = price
         self._prompt_tokens_estimated = prompt_tokens_estimated
         self._outcome, self._error = "cancelled", None  # until the chunks say otherwise
@@ -193,7 +196,8 @@ class ChatStream:
                         chunk = await anext(self._upstream)
                     except StopAsyncIteration:
                         break
-                self._tally.add(chunk)
+                if not self._tallied:
+                    self._tally.add(chunk)
                 yield chunk
         except Exception as exc:
             self._outcome, self._error = "error", exc
@@ -316,6 +320,7 @@ class ChatService:
         )
         decision: RouteDecision | None = None
         admission: Admission | None = None
+        tally: Tally | None = None
         try:
             route = self.route_input(request, prompt_tokens=prompt_tokens)
             if self._telemetry.request_log is not None:
@@ -340,6 +345,7 @@ class ChatService:
                 dropped = self._report_params(request, decision, observation)
                 fail_fast = decision.fallback_backend is not None  # set only when that backend was ready
                 upstream = backend.stream(request, model=decision.model, request_id=request_id, fail_fast=fail_fast)
+                tally = Tally(clock=self._telemetry.clock, capture_text=self._telemetry.capture_content)
                 try:
                     try:
                         with observation.backend_step():
@@ -348,6 +354,10 @@ class ChatService:
                         raise UpstreamUnavailable(
                             "the backend ended without an answer", backend=decision.backend
                         ) from None
+                    tally.add(first)
+                    if not request.stream:
+                        with observation.backend_step():
+                            upstream = await _read_whole(upstream, tally, can_fall_back=bool(decision.fallback_backend))
                 except UpstreamError as exc:
                     await _close(upstream)
                     if not (exc.retryable_elsewhere and decision.fallback_backend):
@@ -360,8 +370,6 @@ class ChatService:
                 except BaseException:
                     await _close(upstream)
                     raise
-                tally = Tally(clock=self._telemetry.clock, capture_text=self._telemetry.capture_content)
-                tally.add(first)
                 return ChatStream(
                     decision=decision,
                     observation=observation,
@@ -372,16 +380,26 @@ class ChatService:
                     prompt_tokens_estimated=prompt_tokens,
                     dropped_params=dropped,
                     admission=admission,
+                    tallied=not request.stream,
                 )
         except BaseException as exc:
             outcome = "error" if isinstance(exc, Exception) else "cancelled"
-            # No chunk, no tokens: a zero cost on the backend that was tried (Langfuse shows it), none unrouted.
-            cost = (
-                None
-                if decision is None
-                else self._pricer(backend=decision.backend, model=decision.model, usage=Usage())
-            )
-            result = ChatResult(outcome=outcome, error=exc, cost=cost)
+            if decision is not None and tally is not None and tally.chunks:  # a non-streamed answer cut while read
+                result = finished_result(
+                    tally,
+                    outcome=outcome,
+                    error=exc,
+                    price=lambda usage, d=decision: self._pricer(backend=d.backend, model=d.model, usage=usage),
+                    prompt_tokens_estimated=prompt_tokens,
+                )
+            else:
+                # No chunk, no tokens: a zero cost on the backend that was tried (Langfuse shows it), none unrouted.
+                cost = (
+                    None
+                    if decision is None
+                    else self._pricer(backend=decision.backend, model=decision.model, usage=Usage())
+                )
+                result = ChatResult(outcome=outcome, error=exc, cost=cost)
             observation.record(result)
             _settle(admission, result)
             raise
@@ -414,6 +432,34 @@ def _settle(admission: Admission | None, result: ChatResult) -> None:
             tokens=result.usage.total_tokens,
             cost_usd=None if cost is None or cost.actual is None else cost.actual.total,
         )
+
+
+async def _read_whole(
+    upstream: AsyncIterator[dict[str, Any]], tally: Tally, *, can_fall_back: bool
+) -> AsyncIterator[dict[str, Any]]:
+    """Reads a non-streamed answer to its end into `tally`; returns its chunks as a stream again. A failure on the
+    way is raised when the other backend may answer instead (the client has seen nothing yet), else it ends the
+    returned stream after the chunks that came, so the answer is billed and rendered as a failure after them."""
+    chunks: list[dict[str, Any]] = []
+    failure: UpstreamError | None = None
+    try:
+        async for chunk in upstream:
+            tally.add(chunk)
+            chunks.append(chunk)
+    except UpstreamError as exc:
+        if exc.retryable_elsewhere and can_fall_back:
+            raise
+        failure = exc
+    finally:
+        await _close(upstream)
+    return _replay(chunks, failure)
+
+
+async def _replay(chunks: list[dict[str, Any]], failure: UpstreamError | None) -> AsyncIterator[dict[str, Any]]:
+    for chunk in chunks:
+        yield chunk
+    if failure is not None:
+        raise failure
 
 
 async def _close(iterator: AsyncIterator[Any]) -> None:

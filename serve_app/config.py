@@ -277,6 +277,11 @@ class RouterArgs(_Args):
     deployment: dict[str, Any] = Field(
         default_factory=dict, description="Serve options for the router deployment (num_replicas, ...)."
     )
+    debug_introspection: bool = Field(
+        default=False,
+        description="Answer `debug_counts` (the replica's asyncio task count) over a DeploymentHandle, for "
+        "bench/soak.py; never an HTTP route.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RouterArgs:

@@ -9,11 +9,13 @@ a silent cut.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
 import re
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -444,6 +446,18 @@ class RouterDeployment:
             except Exception:
                 logger.debug("readiness refresh failed", exc_info=True)
             await asyncio.sleep(_READINESS_PERIOD_S)
+
+    async def debug_counts(self, top_types: int = 0) -> dict[str, Any]:
+        """The replica's asyncio tasks, Python objects tracked by the GC (and the `top_types` most common types) and
+        PID, for a leak check (bench/soak.py). Reached only through a DeploymentHandle (no HTTP route maps to it) and
+        only with `debug_introspection` on in the router's args. Walking the GC's objects takes the loop a few ms."""
+        if not self._args.debug_introspection:
+            raise PermissionError("debug_introspection is off in the router's args")
+        objects = gc.get_objects()
+        counts: dict[str, Any] = {"asyncio_tasks": len(asyncio.all_tasks()), "gc_objects": len(objects)}
+        if top_types:
+            counts["top_types"] = Counter(type(o).__name__ for o in objects).most_common(top_types)
+        return counts | {"pid": os.getpid()}
 
     async def __del__(self) -> None:
         """Serve's graceful shutdown (awaited, like Ray's own ASGI wrapper's): stops the readiness task, closes the

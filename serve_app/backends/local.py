@@ -181,7 +181,10 @@ def _rate(report: object) -> float | None:
 def _engine_error(error: dict[str, Any]) -> UpstreamError:
     message = str(error.get("message") or "the local model rejected the request")
     status = int(error.get("code") or 500)
-    if status == 400 and ("context length" in message or "maximum context" in message or "too long" in message):
+    # A prompt that fills the window exactly leaves vLLM no output token: it clamps max_tokens to 0 and rejects
+    # that (the router never sends max_tokens < 1), so that too is a context overflow, which the cloud may take.
+    overflow = ("context length", "maximum context", "too long", "max_tokens must be at least 1, got 0")
+    if status == 400 and any(text in message for text in overflow):
         return UpstreamContextExceeded(message, backend="local", param="messages")
     if 400 <= status < 500:
         return UpstreamRejected(message, backend="local")

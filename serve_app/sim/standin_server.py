@@ -2,7 +2,7 @@
 
 `make serve` runs it (`python -m serve_app.sim.standin_server --port 8200 --model-suffix=-standin`) when no
 ANTHROPIC_API_KEY is set, and bench/bench_sim_generator.py loads it. The stdlib server in serve_app.sim.standin
-stays the tests' in-process stand-in; both share the request checks, scenarios, fault windows and replies.
+stays the tests' in-process stand-in; both answer from serve_app.sim.standin_replies, with the same fault window.
 """
 
 from __future__ import annotations
@@ -15,16 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from serve_app.sim.standin import (
-    _ERROR_TYPES,
-    FAULT_PATH,
-    AnthropicStandIn,
-    _markers,
-    _Reply,
-    check_request,
-    control_fault,
-    scripted_error,
-)
+from serve_app.sim.standin import FAULT_PATH, AnthropicStandIn, control_fault
+from serve_app.sim.standin_replies import ERROR_TYPES, Reply, check_request, markers, scripted_error
 
 _STANDIN = web.AppKey("standin", AnthropicStandIn)
 _IDS = web.AppKey("ids", itertools.count)
@@ -65,17 +57,17 @@ async def _messages(request: web.Request) -> web.StreamResponse:
     problem = check_request(request.headers, body, standin.api_key)
     if problem is not None:
         return _error(request_id, *problem)
-    markers = _markers(body["messages"])
-    scenarios = markers.get("scenario", [])
+    found = markers(body["messages"])
+    scenarios = found.get("scenario", [])
     if standin.base_latency_s:
         await asyncio.sleep(standin.base_latency_s)
-    scripted = scripted_error(standin, scenarios, request.headers.get("x-stainless-retry-count", "0"))
+    scripted = scripted_error(standin.fault_now(), scenarios, request.headers.get("x-stainless-retry-count", "0"))
     if scripted is not None:
         return _error(request_id, *scripted)
     if "hang" in scenarios:
         await asyncio.sleep(standin.hang_s)
         raise web.HTTPServiceUnavailable()
-    reply = _Reply.build(body, scenarios, markers.get("tokens"))
+    reply = Reply.build(body, scenarios, found.get("tokens"))
     model = body["model"] + standin.model_suffix
     if not body.get("stream"):
         return web.json_response(reply.message(model, f"msg_{request_id}"), headers={"request-id": request_id})
@@ -105,7 +97,7 @@ async def _messages(request: web.Request) -> web.StreamResponse:
 def _error(request_id: str, status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
     payload = {
         "type": "error",
-        "error": {"type": _ERROR_TYPES.get(status, "api_error"), "message": message},
+        "error": {"type": ERROR_TYPES.get(status, "api_error"), "message": message},
         "request_id": request_id,
     }
     return web.json_response(payload, status=status, headers={"request-id": request_id, **(headers or {})})

@@ -3,6 +3,7 @@ and cost the same numbers telemetry records (priced from the local rate source t
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -36,7 +37,7 @@ async def test_the_upstream_is_closed_once_and_the_result_recorded_once(make_rou
     local = local_backend()
     local.script(*reply("local-model", "a", "b", usage=USAGE))
     router = make_router(local=local)
-    stream = await router.service.start(_request(), request_id="r1", headers={})
+    stream = await router.service.start(_request(stream=True), request_id="r1", headers={})
     closes = _count_closes(local.streams[0])
     async with stream:
         chunks = [chunk async for chunk in stream.chunks()]
@@ -64,11 +65,34 @@ async def test_leaving_early_closes_the_upstream_and_records_cancelled_with_the_
     assert span.attributes["llm.outcome"] == "cancelled" and span.attributes["gen_ai.usage.output_tokens"] == 2
 
 
+async def test_a_non_streamed_answer_cut_while_read_closes_the_upstream_and_counts_its_tokens(make_router):
+    """A non-streamed answer is read whole before it is handed over: leaving then still records the tokens seen."""
+    local = local_backend()
+    chunks = reply("local-model", "a", "b", "c", usage=USAGE)[1:3]
+    for n, chunk in enumerate(chunks, start=1):
+        chunk["usage"] = {"prompt_tokens": 30, "completion_tokens": n, "total_tokens": 30 + n}
+    local.script(*chunks, HANG)
+    router = make_router(local=local)
+    start = asyncio.create_task(router.service.start(_request(), request_id="r4", headers={}))
+    for _ in range(1000):  # until the router has read both chunks and waits on the hanging upstream
+        if local.streams and local.streams[0].yielded == len(chunks):
+            break
+        await asyncio.sleep(0.01)
+    start.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await start
+    assert local.streams[0].aclosed
+    assert router.metrics.counter("router_requests", outcome="cancelled") == 1
+    assert router.metrics.counter("router_tokens", token_type="output") == 2
+    (span,) = router.spans.get_finished_spans()
+    assert span.attributes["llm.outcome"] == "cancelled" and span.attributes["gen_ai.usage.output_tokens"] == 2
+
+
 async def test_a_failing_upstream_close_still_records_the_result(make_router):
     local = local_backend()
     local.script(*reply("local-model", "a", usage=USAGE))
     router = make_router(local=local)
-    stream = await router.service.start(_request(), request_id="r3", headers={})
+    stream = await router.service.start(_request(stream=True), request_id="r3", headers={})
 
     async def broken_close() -> None:
         raise RuntimeError("close failed")

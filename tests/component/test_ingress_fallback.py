@@ -237,7 +237,8 @@ async def test_stream_failure_after_first_chunk_raises_in_the_openai_sdk(router,
 async def test_non_stream_failure_after_first_chunk_says_what_was_billed(router, client, local, path):
     first, second, *_ = reply("local-model", "a", "b")
     local.script(first, second, down())
-    body = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
+    # pinned to the local model: nothing falls back (an `auto` answer would be the cloud's, see below)
+    body = {"model": "local-model", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
     response = await client.post(path, json=body)
     assert response.status_code == 503
     usage = json.loads(response.headers["x-router-usage"])
@@ -245,13 +246,30 @@ async def test_non_stream_failure_after_first_chunk_says_what_was_billed(router,
     assert usage["completion_tokens"] == router.metrics.counter("router_tokens", token_type="output") > 0
 
 
-async def test_non_stream_failure_after_first_chunk_gets_a_real_status(router, client, local, cloud):
+async def test_non_stream_failure_after_first_chunk_gets_a_real_status_when_pinned(router, client, local, cloud):
     first, second, *_ = reply("local-model", "a", "b")
     local.script(first, second, down())
-    response = await client.post("/v1/chat/completions", json=chat_body())
+    response = await client.post("/v1/chat/completions", json=chat_body(model="local-model"))
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "upstream_unavailable"
     assert cloud.calls == []
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/messages"])
+async def test_non_stream_failure_after_first_chunk_is_answered_by_the_cloud(router, client, local, cloud, path):
+    """The client of a non-streamed answer has seen nothing before its end: a failure on the way is a failure before
+    the first byte, and the other backend answers; one request counted, as a fallback, the local upstream closed."""
+    first, second, *_ = reply("local-model", "a", "b")
+    local.script(first, second, down())
+    body = {"model": "auto", "max_tokens": 16, "messages": [{"role": "user", "content": "x"}]}
+    response = await client.post(path, json=body)
+    assert response.status_code == 200
+    assert route_of(response) == ("cloud", "fallback_local_error")
+    assert [c.model for c in cloud.calls] == [SONNET]
+    assert local.streams[0].aclosed
+    assert router.metrics.counter("router_requests") == 1
+    assert router.metrics.counter("router_requests", backend="cloud", outcome="ok") == 1
+    assert router.metrics.counter("router_fallbacks", backend="cloud", route_reason="fallback_local_error") == 1
 
 
 # ---- client disconnect -------------------------------------------------------------------------------------

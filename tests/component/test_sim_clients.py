@@ -103,7 +103,9 @@ async def test_sim_client_counts_what_was_billed_for_an_answer_that_failed(serve
     router, url = served
     first, second, *_ = reply("local-model", "a", "b")
     router.local.script(first, second, UpstreamUnavailable("local replica died", backend="local"))  # type: ignore[union-attr]
-    record = await _send(kind, url, _planned(api, stream, CHAT if api == "openai" else MESSAGES))
+    # The concrete local model id pins it: nothing falls back (a non-streamed `auto` answer would be the cloud's)
+    body = CHAT if api == "openai" else MESSAGES
+    record = await _send(kind, url, _planned(api, stream, body, model="local-model"))
     assert record.outcome == "error" and record.backend == "local"
     assert record.status == (200 if stream else 503)
     assert (record.input_tokens, record.output_tokens) == _counted(router) and record.input_tokens > 0
