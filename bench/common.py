@@ -182,24 +182,21 @@ def start_anthropic_standin() -> tuple[Child, str]:
 
 
 def _receivers(conn: Any) -> None:
-    """Child process: the OTLP receiver and the Langfuse stand-in until told to stop; reports span counts."""
-    from tests.support.langfuse_standin import LangfuseStandin
-    from tests.support.otlp_receiver import OtlpHttpReceiver
+    """Child process: one sink that reads and discards every OTLP and Langfuse POST until told to stop, and
+    counts what it got (spans, generations) only when asked, so that it costs no CPU while a run is measured."""
+    from bench.discard_sink import DiscardSink
 
-    with (
-        OtlpHttpReceiver() as otlp,
-        LangfuseStandin(public_key=LANGFUSE_PUBLIC, secret_key=LANGFUSE_SECRET) as langfuse,
-    ):
-        conn.send((otlp.base_url, langfuse.base_url))
+    with DiscardSink() as sink:
+        conn.send((sink.base_url, sink.base_url))
         while True:
             message = conn.recv()
-            conn.send((len(otlp.spans), len(langfuse.generations())))
+            conn.send(sink.counts())
             if message == "stop":
                 return
 
 
 class TelemetryReceivers:
-    """OTLP receiver + Langfuse stand-in in a spawned child process; `counts()` = (otlp spans, generations)."""
+    """bench/discard_sink.py in a spawned child process; `counts()` = (otlp spans, router spans, generations)."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -208,11 +205,11 @@ class TelemetryReceivers:
         self._process.start()
         self.otlp_url, self.langfuse_url = self._conn.recv()
 
-    def counts(self) -> tuple[int, int]:
+    def counts(self) -> tuple[int, int, int]:
         self._conn.send("count")
         return self._conn.recv()
 
-    def stop(self) -> tuple[int, int]:
+    def stop(self) -> tuple[int, int, int]:
         self._conn.send("stop")
         counts = self._conn.recv()
         self._process.join(timeout=10)
@@ -307,6 +304,8 @@ class Session:
     receivers: TelemetryReceivers
     vllm_url: str | None = None
     started_s: float = 0.0
+    litellm: Child | None = None  # LiteLLM's proxy on the same stand-in (bench/litellm_proxy.py), when started
+    litellm_url: str | None = None
 
     @property
     def router_url(self) -> str:
@@ -335,12 +334,20 @@ class Session:
 
 @contextlib.contextmanager
 def session(
-    proxy: str, *, vllm_url: str | None = None, with_model: bool = True, model: str = "smoke"
+    proxy: str,
+    *,
+    vllm_url: str | None = None,
+    with_model: bool = True,
+    model: str = "smoke",
+    litellm: bool = False,
+    routers: dict[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> Iterator[Session]:
     """Starts the stand-ins and one Ray cluster with both Serve applications (+ the telemetry-off router).
 
-    `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks."""
+    `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks. `routers`
+    adds router applications ({name: (route prefix, args overrides)}), e.g. telemetry variants."""
     started = time.monotonic()
+    session: Session | None = None
     standin, standin_url = start_anthropic_standin()
     try:
         receivers = TelemetryReceivers()
@@ -369,7 +376,8 @@ def session(
             "router-notel": (NOTEL_PREFIX, TELEMETRY_OFF),
             "router-otlp": (OTLP_ONLY_PREFIX, LANGFUSE_OFF),
             "router-httpx": (HTTPX_PREFIX, HTTPX_TRANSPORT),
-        },
+        }
+        | (routers or {}),
         extra_apps=[FORWARDER_APP, RAY_INGRESS_APP] if with_model else [FORWARDER_APP],
         apps=("llm", "router") if with_model else ("router",),
         model=model,
@@ -380,11 +388,18 @@ def session(
         wait_http_ok(platform.base_url + NOTEL_PREFIX + "/healthz", 120)
         elapsed = time.monotonic() - started
         print(f"[{proxy}] platform ready in {elapsed:.0f}s at {platform.base_url}", flush=True)
-        yield Session(proxy, platform, standin, standin_url, receivers, vllm_url=vllm_url, started_s=elapsed)
+        session = Session(proxy, platform, standin, standin_url, receivers, vllm_url=vllm_url, started_s=elapsed)
+        if litellm:
+            from bench import litellm_proxy
+
+            session.litellm, session.litellm_url = litellm_proxy.start(standin_url)
+        yield session
     finally:
         try:
             platform.stop()
         finally:
+            if session is not None and session.litellm is not None:
+                session.litellm.stop()
             with contextlib.suppress(Exception):
                 receivers.stop()
             standin.stop()
@@ -493,19 +508,14 @@ def wrk(url: str, body: dict[str, Any], headers: dict[str, str], *, connections:
 # ------------------------------------------------------------------------------------------------ CPU accounting
 
 
+# CPU groups that are not Ray's: the upstream stand-in and LiteLLM's process tree (see CpuMeter's `extra`)
+NOT_RAY = frozenset({"standin", "litellm"})
+
+
 def _group(cmdline: str) -> str:
-    if "ServeReplica:router-notel:" in cmdline:
-        return "router-notel"
-    if "ServeReplica:router-otlp:" in cmdline:
-        return "router-otlp"
-    if "ServeReplica:router-httpx:" in cmdline:
-        return "router-httpx"
-    if "ServeReplica:router:" in cmdline:
-        return "router"
-    if "ServeReplica:forwarder:" in cmdline:
-        return "forwarder"
-    if "ServeReplica:ray-ingress:" in cmdline:
-        return "ray-ingress"
+    """A process's role: the Serve application of a replica (`ServeReplica:<app>:<deployment>`), else its kind."""
+    if "ServeReplica:" in cmdline:
+        return cmdline.split("ServeReplica:", 1)[1].split(":", 1)[0]
     if "ProxyActor" in cmdline:
         return "serve-proxy"
     if "haproxy" in cmdline:
@@ -526,7 +536,11 @@ class CpuMeter:
                 self._procs.setdefault(_group(" ".join(process.cmdline())), []).append(process)
         for name, pid in (extra or {}).items():
             with contextlib.suppress(psutil.Error):
-                self._procs.setdefault(name, []).append(psutil.Process(pid))
+                process = psutil.Process(pid)
+                self._procs.setdefault(name, []).extend([process, *process.children(recursive=True)])
+
+    def pids(self, group: str) -> list[int]:
+        return [process.pid for process in self._procs.get(group, [])]
 
     def snapshot(self) -> dict[str, float]:
         out: dict[str, float] = {}
