@@ -4,7 +4,8 @@ Upstream: tests.support.anthropic_standin in its own process, answering at once 
 Sides, interleaved request by request at c=1 and in alternating batches at c=16:
 
     router         POST /v1/chat/completions, model "cloud", through the Ray Serve proxy and the router
-                   (telemetry on: OTLP + Langfuse exporting to loopback receivers, as deployed)
+                   (telemetry on as deployed: every span over OTLP to a loopback sink, which the Collector would
+                   forward to Tempo and, for router spans, to Langfuse)
     router-notel   the same router app with telemetry off, at /notel in the same cluster
     router-httpx   the same router app (telemetry on) with `cloud.http_client: httpx`, the Anthropic SDK's default
                    transport, at /httpx: the A/B for the default aiohttp transport

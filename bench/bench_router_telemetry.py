@@ -4,10 +4,10 @@ Router applications run side by side in the same cluster on the same Anthropic s
 upstream that answers at once, so nothing else dominates), each a variant of the router's telemetry:
 
     off      /notel        tracing and Langfuse off (Ray metrics stay on in every variant: they cannot be off)
-    direct   (the router)  OTLP to the sink and Langfuse's OTLP endpoint on the sink: two exports per span,
-                           the setup without a Collector
-    otlp     /otlp-only    OTLP only: the production default, where the OTel Collector forwards the router's
-                           spans to Langfuse (observability/values/opentelemetry-collector.yaml)
+    otlp     (the router)  OTLP only, as deployed: the OTel Collector forwards the router's spans to Langfuse
+                           (observability/values/opentelemetry-collector.yaml)
+    direct   /langfuse-direct  OTLP and Langfuse's OTLP endpoint, both on the sink: two exports per span, the
+                           setup without a Collector (the Langfuse SDK's own processor and exporter)
     client   /client-spans OTLP only, plus the Anthropic HTTP client span (the Tempo service-graph setup)
     sdk-batch /sdk-batch   OTLP only with the SDK's batch settings (512 spans, 5 s): the batch lever alone
 
@@ -41,8 +41,8 @@ from bench.bench_cloud import ROUTER_HEADERS, http_call, router_body
 # variant -> (Serve application, route prefix); the applications other than `router` come from ROUTERS
 VARIANTS: dict[str, tuple[str, str]] = {
     "off": ("router-notel", common.NOTEL_PREFIX),
-    "direct": ("router", ""),
-    "otlp": ("router-otlp", common.OTLP_ONLY_PREFIX),
+    "otlp": ("router", ""),
+    "direct": ("router-direct", common.LANGFUSE_DIRECT_PREFIX),
     "client": ("router-client", "/client-spans"),
     "sdk-batch": ("router-sdkbatch", "/sdk-batch"),
 }
@@ -57,8 +57,8 @@ ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
 LANGFUSE_DIRECT = ("direct",)  # variants that send generations to Langfuse's route themselves
 LABELS = {
     "off": "off",
+    "otlp": "OTLP only, Langfuse via the Collector (as deployed)",
     "direct": "OTLP + Langfuse from the replica (no Collector)",
-    "otlp": "OTLP only, Langfuse via the Collector (default)",
     "client": "OTLP only + Anthropic HTTP client span (Tempo service graph)",
     "sdk-batch": "OTLP only, the SDK's batch (512 spans, 5 s delay)",
 }
@@ -133,7 +133,7 @@ def settle(s: common.Session, *, quiet_s: float = 4.0, timeout_s: float = 45.0) 
     return counts
 
 
-def profile(s: common.Session, variant: str = "direct", *, seconds: float = 10.0) -> str | None:
+def profile(s: common.Session, variant: str = "otlp", *, seconds: float = 10.0) -> str | None:
     """py-spy (`--gil`: what holds the GIL the replica's loop needs) of one variant's replica under wrk at c=16;
     raw collapsed stacks in bench/results/."""
     spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")

@@ -47,8 +47,10 @@ LANGFUSE_PUBLIC = "pk-lf-bench"
 LANGFUSE_SECRET = "sk-lf-bench"
 CLOUD_MODEL = "claude-sonnet-4-6"
 ANTHROPIC_VERSION = "2023-06-01"
-NOTEL_PREFIX = "/notel"  # a second router application with telemetry off, in the same cluster
-OTLP_ONLY_PREFIX = "/otlp-only"  # a third with OTLP on and Langfuse off: Langfuse fed by the Collector instead
+# The router application at / is configured as deployed: OTLP to the sink (the Collector's place), Langfuse fed
+# by the Collector, so no Langfuse exporter in the replica. Copies of it in the same cluster:
+NOTEL_PREFIX = "/notel"  # telemetry off
+LANGFUSE_DIRECT_PREFIX = "/langfuse-direct"  # OTLP and the direct Langfuse exporter (setups without a Collector)
 HTTPX_PREFIX = "/httpx"  # a fourth, as deployed but with the Anthropic SDK on its default httpx transport
 FORWARDER_PREFIX = "/forwarder"  # bench/forwarder.py: a bare FastAPI forwarder, Ray Serve's floor
 INGRESS_PREFIX = "/ray-ingress"  # bench/ray_ingress.py: Ray Serve LLM's OpenAiIngress on the same LLMServer
@@ -289,7 +291,8 @@ RAY_INGRESS_APP = {
     "deployments": [{"name": "RayIngress", "num_replicas": 1, "max_ongoing_requests": 256}],
 }
 TELEMETRY_OFF = {"telemetry": {"tracing": False, "langfuse": False}}
-LANGFUSE_OFF = {"telemetry": {"langfuse": False}}
+AS_DEPLOYED = {"telemetry": {"langfuse": False}}  # the router's spans reach Langfuse through the Collector
+LANGFUSE_DIRECT = {"telemetry": {"langfuse": True}}
 HTTPX_TRANSPORT = {"cloud": {"http_client": "httpx"}}
 
 
@@ -316,8 +319,8 @@ class Session:
         return self.platform.base_url + NOTEL_PREFIX
 
     @property
-    def otlp_only_url(self) -> str:
-        return self.platform.base_url + OTLP_ONLY_PREFIX
+    def langfuse_direct_url(self) -> str:
+        return self.platform.base_url + LANGFUSE_DIRECT_PREFIX
 
     @property
     def httpx_url(self) -> str:
@@ -371,10 +374,10 @@ def session(
     platform = BenchPlatform(
         workdir=workdir,
         env=env,
-        overrides={"cloud": {"max_retries": 0, "timeout_s": 30}},
+        overrides={"cloud": {"max_retries": 0, "timeout_s": 30}} | AS_DEPLOYED,
         extra_routers={
             "router-notel": (NOTEL_PREFIX, TELEMETRY_OFF),
-            "router-otlp": (OTLP_ONLY_PREFIX, LANGFUSE_OFF),
+            "router-direct": (LANGFUSE_DIRECT_PREFIX, LANGFUSE_DIRECT),
             "router-httpx": (HTTPX_PREFIX, HTTPX_TRANSPORT),
         }
         | (routers or {}),
