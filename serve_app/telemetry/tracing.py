@@ -273,10 +273,9 @@ def bounded_call(fn: Callable[[], object], *, timeout_s: float, name: str) -> bo
 
 
 def client_tracer_provider(provider: TracerProvider, *, spans: bool) -> trace.TracerProvider:
-    """What the backends' HTTP client instrumentation runs on: `provider` when each upstream call is to be a span
-    of its own; otherwise the API's no-op provider, whose tracer starts no span and hands back the current one
-    (the router's) unrecorded, so the instrumentation still sends `traceparent` upstream, naming the router span
-    as the parent, and nothing is recorded, ended or exported for the call."""
+    """What the backends' HTTP clients trace with: `provider` when each upstream call is to be a span of its own;
+    otherwise the API's no-op provider, which starts no span: the cloud backend then only injects the current
+    context (the router span's) as `traceparent`, and nothing is recorded, ended or exported for the call."""
     return provider if spans else trace.NoOpTracerProvider()
 
 
