@@ -243,8 +243,9 @@ def from_results(
         blocks["telemetry"] = run_line(tel.get("machine", cloud["machine"]), quick_note, tel) + "\n\n"
         blocks["telemetry"] += telemetry_table(tel)
         blocks["telemetry-targets"] = targets_table(tel)
-    if "model" in phases and model:
-        # when bench_default_model's own format has changed, its previous table stands
+    # the default-model section of the doc is bench_default_model's: its table is written there only where that
+    # section has the generated-table markers (and stands as it is when the result's format has changed)
+    if "model" in phases and model and "<!-- bench:model:begin -->" in DOC.read_text():
         with contextlib.suppress(KeyError, TypeError):
             blocks["model"] = run_line(model["machine"], quick_note, model) + "\n\n" + model_table(model)
     return blocks
