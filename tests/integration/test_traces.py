@@ -107,9 +107,10 @@ def test_only_router_spans_become_langfuse_generations(platform) -> None:
     ids = [f"trace-lf-{backend}-{uuid.uuid4().hex[:8]}" for backend in ("local", "cloud")]
     for request_id, model in zip(ids, ("local", "cloud"), strict=True):
         _chat(platform, model, request_id, stream=False)
-    for request_id in ids:
-        router = _router_span(platform, request_id)
-        _children(platform, router, "a child span")  # the child spans exist by now
+    # the local request's child spans (model replica, engine) exist by now; the cloud request has none in this
+    # profile (no HTTP client span), so its router span is all there is to send
+    _children(platform, _router_span(platform, ids[0]), "a child span")
+    _router_span(platform, ids[1])
     _wait_for(
         lambda: all(any(g.attributes.get("llm.request_id") == i for g in platform.langfuse.generations()) for i in ids),
         "Langfuse generations",
