@@ -105,8 +105,13 @@ fuzz: install
 soak: install
 	$(PY) -m bench.soak --minutes $${SOAK_MINUTES:-10}
 
+# The router next to its floor (a bare forwarder on the same Serve ingress), LiteLLM's proxy and the stand-in, in
+# one run; the tables go into docs/benchmarks.md. BENCH_PHASES=cloud (about 8 minutes) | cloud,model (default,
+# about 25) | all; BENCH_ARGS="--quick --no-docs" for a first look.
+BENCH_PHASES ?= cloud,model
+BENCH_ARGS ?=
 bench: install
-	$(PY) -m bench.run_all
+	BENCH_PHASES=$(BENCH_PHASES) $(PY) -m bench.run_all $(BENCH_ARGS)
 
 # serveConfigV2 in kuberay/rayservice.yaml is generated from serve_config.yaml.
 rayservice: install

@@ -4,12 +4,15 @@ Upstream: tests.support.anthropic_standin in its own process, answering at once 
 Sides, interleaved request by request at c=1 and in alternating batches at c=16:
 
     router         POST /v1/chat/completions, model "cloud", through the Ray Serve proxy and the router
-                   (telemetry on: OTLP + Langfuse exporting to loopback receivers, as deployed)
+                   (telemetry on as deployed: every span over OTLP to a loopback sink, which the Collector would
+                   forward to Tempo and, for router spans, to Langfuse)
     router-notel   the same router app with telemetry off, at /notel in the same cluster
     router-httpx   the same router app (telemetry on) with `cloud.http_client: httpx`, the Anthropic SDK's default
                    transport, at /httpx: the A/B for the default aiohttp transport
     forwarder      bench/forwarder.py at /forwarder in the same cluster: a bare FastAPI + httpx forwarder under
                    the same Serve ingress, i.e. what Ray Serve itself costs before the router does anything
+    litellm        LiteLLM's proxy (bench/litellm_proxy.py: pinned, its own venv, one worker, no callbacks) on the
+                   same stand-in, when the session has one: the usual alternative
     direct         POST /v1/messages straight to the stand-in (what the router itself sends upstream)
 
 Clients: raw httpx for every side (the same client code, so the difference is the router's), and the real
@@ -135,6 +138,8 @@ async def measure(s: common.Session, *, quick: bool) -> dict[str, Any]:
         "forwarder": s.forwarder_url + "/v1/chat/completions",
         "direct": s.standin_url + "/v1/messages",
     }
+    if s.litellm_url:
+        urls["litellm"] = s.litellm_url + "/v1/chat/completions"
     limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
     out: dict[str, Any] = {}
     async with (
@@ -155,7 +160,7 @@ async def measure(s: common.Session, *, quick: bool) -> dict[str, Any]:
             calls["direct-sdk"] = lambda stream=stream: anthropic_call(ant, stream)
             c1 = await common.interleaved(calls, concurrency=1, rounds=rounds_c1, warmup_rounds=20)
             out[f"c1_{mode}"] = {name: common.stats_of(v) for name, v in c1.items()}
-            c16_calls = {name: calls[name] for name in ("router", "forwarder", "direct")}
+            c16_calls = {name: calls[name] for name in ("router", "forwarder", "litellm", "direct") if name in calls}
             c16 = await common.interleaved(c16_calls, concurrency=16, rounds=rounds_c16, warmup_rounds=2)
             out[f"c16_{mode}"] = {name: common.stats_of(v) for name, v in c16.items()}
     return out
@@ -173,9 +178,14 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
         "forwarder": (s.forwarder_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS),
         "direct": (s.standin_url + "/v1/messages", direct_body(False), DIRECT_HEADERS),
     }
+    if s.litellm_url:
+        targets["litellm"] = (s.litellm_url + "/v1/chat/completions", router_body(False), ROUTER_HEADERS)
     order = list(targets) if quick else list(targets) + list(reversed(targets))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in targets}
-    meter = common.CpuMeter(s.platform, extra={"standin": s.standin.process.pid})
+    extra = {"standin": s.standin.process.pid}
+    if s.litellm is not None:
+        extra["litellm"] = s.litellm.process.pid
+    meter = common.CpuMeter(s.platform, extra=extra)
     for name in targets:  # warm every side's connections and code paths
         url, body, headers = targets[name]
         common.wrk(url, body, headers, connections=16, seconds=1)
@@ -189,7 +199,9 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     for name, results in runs.items():
         best = max(results, key=lambda r: r["req_per_s"])
         out[name] = best | {"runs_req_per_s": [r["req_per_s"] for r in results]}
-        replica_cpu = best["cpu_ms_per_request"].get("standin" if name == "direct" else name)
+        cpu = best["cpu_ms_per_request"]
+        out[name]["ray_cpu_ms_per_request"] = round(sum(v for k, v in cpu.items() if k not in common.NOT_RAY), 3)
+        replica_cpu = cpu.get({"direct": "standin"}.get(name, name))
         if replica_cpu:  # one replica (or the stand-in) with a core of its own is bound by its CPU per request
             out[name]["cpu_bound_req_per_s"] = round(1000.0 / replica_cpu, 1)
     return out

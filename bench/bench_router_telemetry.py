@@ -1,26 +1,37 @@
-"""Telemetry fully on versus off in the real router, in one run on one cluster: req/s and latency.
+"""Telemetry on versus off in the real router, in one run on one cluster: latency, req/s, p99, spans exported.
 
-Three router applications run side by side in the same cluster on the same LLMServer and Anthropic stand-in:
-`router` with telemetry on (OTLP/HTTP to a loopback receiver and Langfuse to its loopback stand-in, both in a
-child process), `router-otlp` at /otlp-only with `telemetry.langfuse: false` (OTLP only: the deployment in
-which the OTel Collector overlay feeds Langfuse, so the replica exports each span once), and `router-notel` at
-/notel with `telemetry.tracing: false, telemetry.langfuse: false`. Ray metrics stay on in all three (they
-cannot be switched off). The cloud path is used, with an upstream that answers at once, so the engine does not
-dominate.
+Router applications run side by side in the same cluster on the same Anthropic stand-in (cloud path, an
+upstream that answers at once, so nothing else dominates), each a variant of the router's telemetry:
 
-    latency   c=1, non-stream and stream, the routers interleaved request by request (raw httpx)
-    req/s     wrk, 16 connections, non-stream; off, on, otlp (then otlp, on, off again when not --quick)
+    off      /notel        tracing and Langfuse off (Ray metrics stay on in every variant: they cannot be off)
+    otlp     (the router)  OTLP only, as deployed: the OTel Collector forwards the router's spans to Langfuse
+                           (observability/values/opentelemetry-collector.yaml)
+    direct   /langfuse-direct  OTLP and Langfuse's OTLP endpoint, both on the sink: two exports per span, the
+                           setup without a Collector (the Langfuse SDK's own processor and exporter)
+    client   /client-spans OTLP only, plus the Anthropic HTTP client span (the Tempo service-graph setup)
+    sdk-batch /sdk-batch   OTLP only with the SDK's batch settings (512 spans, 5 s): the batch lever alone
 
-The receivers' span counts are read before and after, to show that the "on" side really exported.
+The sink (bench/discard_sink.py, in a child process) reads and discards every POST while the run is measured and
+counts spans (the router's apart) and generations only afterwards. For `otlp` and `client` the generations are
+the router spans on the OTLP route: the Collector's filter forwards exactly those (tests/deploy pins it).
 
-Run alone: python -m bench.bench_router_telemetry [--quick] [--proxy default|haproxy]
+    latency   c=1, non-stream and stream, the variants interleaved request by request (raw httpx)
+    req/s     wrk, 16 connections, non-stream, each variant back to back (three times, the second pass reversed,
+              when not --quick): mean req/s, median p99
+
+Run alone: python -m bench.bench_router_telemetry [--quick] [--proxy default|haproxy] [--profile MODE]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,16 +39,45 @@ import httpx
 from bench import common
 from bench.bench_cloud import ROUTER_HEADERS, http_call, router_body
 
-MODES = ("off", "on", "otlp")  # telemetry off; OTLP + Langfuse from the replica; OTLP only (Langfuse via Collector)
+# variant -> (Serve application, route prefix); the applications other than `router` come from ROUTERS
+VARIANTS: dict[str, tuple[str, str]] = {
+    "off": ("router-notel", common.NOTEL_PREFIX),
+    "otlp": ("router", ""),
+    "direct": ("router-direct", common.LANGFUSE_DIRECT_PREFIX),
+    "client": ("router-client", "/client-spans"),
+    "sdk-batch": ("router-sdkbatch", "/sdk-batch"),
+    "batch-256": ("router-batch256", "/batch-256"),
+}
+ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "router-client": ("/client-spans", {"telemetry": {"langfuse": False, "http_client_spans": True}}),
+    # the batch lever alone: `otlp` with the SDK's own batch (512 spans, 5 s), as before the change
+    "router-sdkbatch": (
+        "/sdk-batch",
+        {"telemetry": {"langfuse": False, "export_batch_size": 512, "export_schedule_delay_ms": 5000.0}},
+    ),
+    "router-batch256": (
+        "/batch-256",
+        {"telemetry": {"langfuse": False, "export_batch_size": 256, "export_schedule_delay_ms": 1000.0}},
+    ),
+}
+LANGFUSE_DIRECT = ("direct",)  # variants that send generations to Langfuse's route themselves
+LABELS = {
+    "off": "off",
+    "otlp": "OTLP only, Langfuse via the Collector (as deployed)",
+    "direct": "OTLP + Langfuse from the replica (no Collector)",
+    "client": "OTLP only + Anthropic HTTP client span (Tempo service graph)",
+    "sdk-batch": "OTLP only, the SDK's batch (512 spans, 5 s delay)",
+    "batch-256": "OTLP only, 256 spans, 1 s delay",
+}
+_WRK_WARMUP: dict[str, int] = {}  # requests each variant answered while wrk warmed up
 
 
 def _urls(s: common.Session) -> dict[str, str]:
-    path = "/v1/chat/completions"
-    return {"off": s.notel_url + path, "on": s.router_url + path, "otlp": s.otlp_only_url + path}
+    return {name: s.router_url + prefix + "/v1/chat/completions" for name, (_, prefix) in VARIANTS.items()}
 
 
 async def latency(s: common.Session, *, quick: bool) -> dict[str, Any]:
-    rounds = 120 if quick else 500
+    rounds = 120 if quick else 400
     urls = _urls(s)
     out: dict[str, Any] = {}
     async with httpx.AsyncClient(timeout=30) as client:
@@ -57,12 +97,14 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
         return {"skipped": "wrk not installed (apt-get install wrk)"}
     seconds = 4 if quick else 10
     urls = _urls(s)
-    order = list(MODES) if quick else [*MODES, *reversed(MODES)]
-    for name in MODES:
-        common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=1)
-    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in MODES}
+    # three runs each when not --quick, in the order ABC, CBA, ABC: drift of the VM hits the variants alike, and
+    # a stall of the whole VM (p99 of one run near a second) is outvoted by the median
+    order = list(VARIANTS) if quick else [*VARIANTS, *reversed(VARIANTS), *VARIANTS]
+    for name in VARIANTS:
+        warm = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=1)
+        _WRK_WARMUP[name] = warm["requests"]
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in VARIANTS}
     meter = common.CpuMeter(s.platform)
-    replica = {"on": "router", "otlp": "router-otlp", "off": "router-notel"}
     for name in order:
         before = meter.snapshot()
         result = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
@@ -70,68 +112,132 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
         runs[name].append(result)
     out: dict[str, Any] = {}
     for name, results in runs.items():
+        app = VARIANTS[name][0]
         out[name] = {
             "req_per_s": round(statistics.fmean(r["req_per_s"] for r in results), 1),
             "router_cpu_ms_per_request": round(
-                statistics.fmean(r["cpu_ms_per_request"].get(replica[name], 0.0) for r in results), 3
+                statistics.fmean(r["cpu_ms_per_request"].get(app, 0.0) for r in results), 3
             ),
+            "p99_ms": round(statistics.median(r["latency_ms"]["p99"] for r in results), 3),
+            "p50_ms": round(statistics.median(r["latency_ms"]["p50"] for r in results), 3),
+            "requests": sum(r["requests"] for r in results),
             "runs": results,
         }
     return out
 
 
-def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
-    common.banner(f"router telemetry on vs off, {s.proxy} proxy")
-    load_before = common.load_average()
-    spans_before = s.receivers.counts()
-    data: dict[str, Any] = {"latency_c1": asyncio.run(latency(s, quick=quick))}
-    data["throughput_c16"] = throughput(s, quick=quick)
-    spans_after = s.receivers.counts()
-    data["exported_during_run"] = {
-        "otlp_spans": spans_after[0] - spans_before[0],
-        "langfuse_generations": spans_after[1] - spans_before[1],
+def settle(s: common.Session, *, quiet_s: float = 4.0, timeout_s: float = 45.0) -> tuple[int, ...]:
+    """The sink's counts once nothing new arrived for `quiet_s`: the exporters' last, partial batches leave on
+    their schedule delay, whatever it is configured to."""
+    deadline = time.monotonic() + timeout_s
+    counts = s.receivers.counts()
+    quiet_since = time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = s.receivers.counts()
+        if now != counts:
+            counts, quiet_since = now, time.monotonic()
+        elif time.monotonic() - quiet_since >= quiet_s:
+            break
+    return counts
+
+
+def profile(s: common.Session, variant: str = "otlp", *, seconds: float = 10.0) -> str | None:
+    """py-spy (`--gil`: what holds the GIL the replica's loop needs) of one variant's replica under wrk at c=16;
+    raw collapsed stacks in bench/results/."""
+    spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy_bin).exists() or not common.wrk_available():
+        return None
+    pid = common.CpuMeter(s.platform).pids(VARIANTS[variant][0])[0]
+    out = common.RESULTS / f"router-telemetry-{variant}.pyspy.txt"
+    spy = subprocess.Popen(
+        [spy_bin, "record", "-p", str(pid), "-r", "200", "-d", f"{seconds:g}", "--gil", "-t", "-f", "raw", "-o",
+         str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    time.sleep(1.0)
+    common.wrk(_urls(s)[variant], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
+    spy.wait(timeout=60)
+    return str(out)
+
+
+def exported(
+    before: tuple[int, ...], after: tuple[int, ...], sent: dict[str, int], *, route_spans: int
+) -> dict[str, Any]:
+    """Spans and generations per request over every exporting variant's requests."""
+    spans, router_spans, generations = (a - b for a, b in zip(after, before, strict=True))
+    otlp_requests = sum(n for name, n in sent.items() if name != "off")
+    direct_requests = sum(n for name, n in sent.items() if name in LANGFUSE_DIRECT)
+    client_requests = sent.get("client", 0)
+    return {
+        "otlp_spans": spans,
+        "otlp_router_spans": router_spans,
+        "client_spans": spans - router_spans,
+        "langfuse_generations": generations,
+        "requests": sent,
+        "router_spans_per_request": common.ratio(router_spans, otlp_requests),
+        "client_spans_per_request": common.ratio(spans - router_spans, client_requests) if client_requests else None,
+        "generations_per_request": common.ratio(generations, direct_requests),
+        "collector_generations_per_request": common.ratio(router_spans, otlp_requests),
+        "route_spans": route_spans,
     }
+
+
+def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
+    common.banner(f"router telemetry variants, {s.proxy} proxy")
+    load_before = common.load_average()
+    counts_before = settle(s)  # what earlier benchmarks exported has arrived
+    data: dict[str, Any] = {"latency_c1": asyncio.run(latency(s, quick=quick))}
+    data["throughput_c16"] = tp = throughput(s, quick=quick)
+    counts_after = settle(s)
+    rounds = (120 if quick else 400) + 20  # every latency request, warm-up rounds included, json and stream
+    sent = {m: 2 * rounds + tp.get(m, {}).get("requests", 0) + _WRK_WARMUP.get(m, 0) for m in VARIANTS}
+    data["exported_during_run"] = exported(counts_before, counts_after, sent, route_spans=counts_after[0])
     summary: dict[str, Any] = {}
     for mode, block in data["latency_c1"].items():
         metric = "ttft_ms" if mode == "stream" else "total_ms"
         off = block["off"][metric]
-        for side, suffix in (("on", ""), ("otlp", " (otlp only)")):
-            on = block[side][metric]
-            summary[f"c1 {mode} {metric[:-3]} p50 added ms{suffix}"] = round(on["p50"] - off["p50"], 3)
-            summary[f"c1 {mode} {metric[:-3]} p99 added ms{suffix}"] = round(on["p99"] - off["p99"], 3)
         print(f" c1 {mode}")
-        for name in MODES:
+        for name in VARIANTS:
             print(common.fmt_row(f"telemetry {name} {metric[:-3]}", block[name][metric]))
-    tp = data["throughput_c16"]
+            if name != "off":
+                added = block[name][metric]["p50"] - off["p50"]
+                summary[f"c1 {mode} {metric[:-3]} p50 added ms {name}"] = round(added, 3)
     if "skipped" not in tp:
-        off_cpu = tp["off"]["router_cpu_ms_per_request"]
-        summary["router cpu ms/request off"] = off_cpu
-        for side, suffix in (("on", ""), ("otlp", " (otlp only)")):
-            summary[f"c16 req/s on/off{suffix}"] = common.ratio(tp[side]["req_per_s"], tp["off"]["req_per_s"])
-            on_cpu = tp[side]["router_cpu_ms_per_request"]
-            summary[f"router cpu ms/request {side}"] = on_cpu
-            # what one replica with a core of its own would lose: throughput scales with 1 / CPU per request
-            summary[f"router cpu-bound req/s on/off{suffix}"] = common.ratio(off_cpu, on_cpu)
-        for name in MODES:
+        for name in VARIANTS:
+            summary[f"router cpu ms/request {name}"] = tp[name]["router_cpu_ms_per_request"]
+            if name != "off":
+                summary[f"c16 req/s {name}/off"] = common.ratio(tp[name]["req_per_s"], tp["off"]["req_per_s"])
+                summary[f"c16 p99 {name}/off"] = common.ratio(tp[name]["p99_ms"], tp["off"]["p99_ms"])
             runs = [r["req_per_s"] for r in tp[name]["runs"]]
-            p50s = [r["latency_ms"]["p50"] for r in tp[name]["runs"]]
-            print(f"  wrk c16 telemetry {name:<4} {tp[name]['req_per_s']:8.1f} req/s  (runs {runs}, p50 ms {p50s})")
+            p99s = [r["latency_ms"]["p99"] for r in tp[name]["runs"]]
+            print(f"  wrk c16 telemetry {name:<7} {tp[name]['req_per_s']:8.1f} req/s  (runs {runs}, p99 ms {p99s})")
     data["summary"] = summary
+    data["labels"] = LABELS
     data["load_before"], data["load_after"] = load_before, common.load_average()
     for key, value in summary.items():
-        print(f"  {key:<34} {value}")
+        print(f"  {key:<40} {value}")
     print(f"  exported while measuring: {data['exported_during_run']}")
-    common.write_result(f"router-telemetry-{s.proxy}", {"bench": "router_telemetry", "proxy": s.proxy} | data)
+    common.write_result(
+        f"router-telemetry-{s.proxy}",
+        {"bench": "router_telemetry", "proxy": s.proxy, "machine": common.machine()} | data,
+    )
     return data
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--proxy", choices=("default", "haproxy"), default="default")
+    parser.add_argument("--proxy", choices=("default", "haproxy"), default="haproxy")
+    parser.add_argument("--profile", choices=tuple(VARIANTS), help="then py-spy this variant's replica under load")
+    parser.add_argument("--no-run", action="store_true", help="only the profile")
     opts = parser.parse_args()
-    with common.session(opts.proxy, with_model=False) as s:
-        run(s, quick=opts.quick)
+    with common.session(opts.proxy, with_model=False, routers=ROUTERS) as s:
+        if not opts.no_run:
+            run(s, quick=opts.quick)
+        if opts.profile:
+            print(f"  profile: {profile(s, opts.profile)}")
 
 
 if __name__ == "__main__":

@@ -47,8 +47,10 @@ LANGFUSE_PUBLIC = "pk-lf-bench"
 LANGFUSE_SECRET = "sk-lf-bench"
 CLOUD_MODEL = "claude-sonnet-4-6"
 ANTHROPIC_VERSION = "2023-06-01"
-NOTEL_PREFIX = "/notel"  # a second router application with telemetry off, in the same cluster
-OTLP_ONLY_PREFIX = "/otlp-only"  # a third with OTLP on and Langfuse off: Langfuse fed by the Collector instead
+# The router application at / is configured as deployed: OTLP to the sink (the Collector's place), Langfuse fed
+# by the Collector, so no Langfuse exporter in the replica. Copies of it in the same cluster:
+NOTEL_PREFIX = "/notel"  # telemetry off
+LANGFUSE_DIRECT_PREFIX = "/langfuse-direct"  # OTLP and the direct Langfuse exporter (setups without a Collector)
 HTTPX_PREFIX = "/httpx"  # a fourth, as deployed but with the Anthropic SDK on its default httpx transport
 FORWARDER_PREFIX = "/forwarder"  # bench/forwarder.py: a bare FastAPI forwarder, Ray Serve's floor
 INGRESS_PREFIX = "/ray-ingress"  # bench/ray_ingress.py: Ray Serve LLM's OpenAiIngress on the same LLMServer
@@ -182,24 +184,21 @@ def start_anthropic_standin() -> tuple[Child, str]:
 
 
 def _receivers(conn: Any) -> None:
-    """Child process: the OTLP receiver and the Langfuse stand-in until told to stop; reports span counts."""
-    from tests.support.langfuse_standin import LangfuseStandin
-    from tests.support.otlp_receiver import OtlpHttpReceiver
+    """Child process: one sink that reads and discards every OTLP and Langfuse POST until told to stop, and
+    counts what it got (spans, generations) only when asked, so that it costs no CPU while a run is measured."""
+    from bench.discard_sink import DiscardSink
 
-    with (
-        OtlpHttpReceiver() as otlp,
-        LangfuseStandin(public_key=LANGFUSE_PUBLIC, secret_key=LANGFUSE_SECRET) as langfuse,
-    ):
-        conn.send((otlp.base_url, langfuse.base_url))
+    with DiscardSink() as sink:
+        conn.send((sink.base_url, sink.base_url))
         while True:
             message = conn.recv()
-            conn.send((len(otlp.spans), len(langfuse.generations())))
+            conn.send(sink.counts())
             if message == "stop":
                 return
 
 
 class TelemetryReceivers:
-    """OTLP receiver + Langfuse stand-in in a spawned child process; `counts()` = (otlp spans, generations)."""
+    """bench/discard_sink.py in a spawned child process; `counts()` = (otlp spans, router spans, generations)."""
 
     def __init__(self) -> None:
         ctx = multiprocessing.get_context("spawn")
@@ -208,11 +207,11 @@ class TelemetryReceivers:
         self._process.start()
         self.otlp_url, self.langfuse_url = self._conn.recv()
 
-    def counts(self) -> tuple[int, int]:
+    def counts(self) -> tuple[int, int, int]:
         self._conn.send("count")
         return self._conn.recv()
 
-    def stop(self) -> tuple[int, int]:
+    def stop(self) -> tuple[int, int, int]:
         self._conn.send("stop")
         counts = self._conn.recv()
         self._process.join(timeout=10)
@@ -292,7 +291,8 @@ RAY_INGRESS_APP = {
     "deployments": [{"name": "RayIngress", "num_replicas": 1, "max_ongoing_requests": 256}],
 }
 TELEMETRY_OFF = {"telemetry": {"tracing": False, "langfuse": False}}
-LANGFUSE_OFF = {"telemetry": {"langfuse": False}}
+AS_DEPLOYED = {"telemetry": {"langfuse": False}}  # the router's spans reach Langfuse through the Collector
+LANGFUSE_DIRECT = {"telemetry": {"langfuse": True}}
 HTTPX_TRANSPORT = {"cloud": {"http_client": "httpx"}}
 
 
@@ -307,6 +307,8 @@ class Session:
     receivers: TelemetryReceivers
     vllm_url: str | None = None
     started_s: float = 0.0
+    litellm: Child | None = None  # LiteLLM's proxy on the same stand-in (bench/litellm_proxy.py), when started
+    litellm_url: str | None = None
 
     @property
     def router_url(self) -> str:
@@ -317,8 +319,8 @@ class Session:
         return self.platform.base_url + NOTEL_PREFIX
 
     @property
-    def otlp_only_url(self) -> str:
-        return self.platform.base_url + OTLP_ONLY_PREFIX
+    def langfuse_direct_url(self) -> str:
+        return self.platform.base_url + LANGFUSE_DIRECT_PREFIX
 
     @property
     def httpx_url(self) -> str:
@@ -340,6 +342,7 @@ def session(
     vllm_url: str | None = None,
     with_model: bool = True,
     model: str = "smoke",
+    litellm: bool = False,
     routers: dict[str, tuple[str, dict[str, Any]]] | None = None,
 ) -> Iterator[Session]:
     """Starts the stand-ins and one Ray cluster with both Serve applications (+ the telemetry-off router).
@@ -347,6 +350,7 @@ def session(
     `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks. `routers`
     adds router applications ({name: (route prefix, args overrides)}), e.g. telemetry variants."""
     started = time.monotonic()
+    session: Session | None = None
     standin, standin_url = start_anthropic_standin()
     try:
         receivers = TelemetryReceivers()
@@ -370,10 +374,10 @@ def session(
     platform = BenchPlatform(
         workdir=workdir,
         env=env,
-        overrides={"cloud": {"max_retries": 0, "timeout_s": 30}},
+        overrides={"cloud": {"max_retries": 0, "timeout_s": 30}} | AS_DEPLOYED,
         extra_routers={
             "router-notel": (NOTEL_PREFIX, TELEMETRY_OFF),
-            "router-otlp": (OTLP_ONLY_PREFIX, LANGFUSE_OFF),
+            "router-direct": (LANGFUSE_DIRECT_PREFIX, LANGFUSE_DIRECT),
             "router-httpx": (HTTPX_PREFIX, HTTPX_TRANSPORT),
         }
         | (routers or {}),
@@ -387,11 +391,18 @@ def session(
         wait_http_ok(platform.base_url + NOTEL_PREFIX + "/healthz", 120)
         elapsed = time.monotonic() - started
         print(f"[{proxy}] platform ready in {elapsed:.0f}s at {platform.base_url}", flush=True)
-        yield Session(proxy, platform, standin, standin_url, receivers, vllm_url=vllm_url, started_s=elapsed)
+        session = Session(proxy, platform, standin, standin_url, receivers, vllm_url=vllm_url, started_s=elapsed)
+        if litellm:
+            from bench import litellm_proxy
+
+            session.litellm, session.litellm_url = litellm_proxy.start(standin_url)
+        yield session
     finally:
         try:
             platform.stop()
         finally:
+            if session is not None and session.litellm is not None:
+                session.litellm.stop()
             with contextlib.suppress(Exception):
                 receivers.stop()
             standin.stop()
@@ -500,19 +511,14 @@ def wrk(url: str, body: dict[str, Any], headers: dict[str, str], *, connections:
 # ------------------------------------------------------------------------------------------------ CPU accounting
 
 
+# CPU groups that are not Ray's: the upstream stand-in and LiteLLM's process tree (see CpuMeter's `extra`)
+NOT_RAY = frozenset({"standin", "litellm"})
+
+
 def _group(cmdline: str) -> str:
-    if "ServeReplica:router-notel:" in cmdline:
-        return "router-notel"
-    if "ServeReplica:router-otlp:" in cmdline:
-        return "router-otlp"
-    if "ServeReplica:router-httpx:" in cmdline:
-        return "router-httpx"
-    if "ServeReplica:router:" in cmdline:
-        return "router"
-    if "ServeReplica:forwarder:" in cmdline:
-        return "forwarder"
-    if "ServeReplica:ray-ingress:" in cmdline:
-        return "ray-ingress"
+    """A process's role: the Serve application of a replica (`ServeReplica:<app>:<deployment>`), else its kind."""
+    if "ServeReplica:" in cmdline:
+        return cmdline.split("ServeReplica:", 1)[1].split(":", 1)[0]
     if "ProxyActor" in cmdline:
         return "serve-proxy"
     if "haproxy" in cmdline:
@@ -533,7 +539,11 @@ class CpuMeter:
                 self._procs.setdefault(_group(" ".join(process.cmdline())), []).append(process)
         for name, pid in (extra or {}).items():
             with contextlib.suppress(psutil.Error):
-                self._procs.setdefault(name, []).append(psutil.Process(pid))
+                process = psutil.Process(pid)
+                self._procs.setdefault(name, []).extend([process, *process.children(recursive=True)])
+
+    def pids(self, group: str) -> list[int]:
+        return [process.pid for process in self._procs.get(group, [])]
 
     def snapshot(self) -> dict[str, float]:
         out: dict[str, float] = {}

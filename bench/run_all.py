@@ -1,26 +1,34 @@
-"""`make bench`: every benchmark on one cluster per proxy mode, then a summary table against the targets.
+"""`make bench`: the router next to its floor and its usual alternative in one run, tables written into the docs.
 
-Order: the in-process benchmarks (bench_telemetry.py's Observation; bench_router_cpu.py's router CPU per cloud
-request on each SDK transport; no cluster), then for each proxy mode (default Serve proxy, then HAProxy via
-RAY_SERVE_ENABLE_HA_PROXY=1) one platform that serves the local, cloud and router-telemetry benchmarks. vLLM's
-own server (the local path's direct side) runs throughout. Results go to bench/results/*.json (git-ignored); the
-table compares with the targets of the issues; it reports, it never fails a run on timing.
+Phases (`BENCH_PHASES` or `--only`), each with nothing else of the benchmark running:
+  cloud   one Ray cluster with the routers and the bare forwarder only (no model replica), HAProxy ingress,
+          LiteLLM's proxy (pinned, its own venv under .cache/) and the Anthropic stand-in: bench_cloud (router,
+          router with telemetry off, forwarder, LiteLLM, stand-in directly) then bench_router_telemetry
+          (telemetry off and each export variant, spans and generations counted by a discarding sink)
+  model   the default local model: bench/bench_default_model.py in its own process (vLLM's own server, Ray's
+          OpenAiIngress and the router; TTFT and inter-token latency at c=1 and c=8)
+  micro   in process, no cluster: the Observation micro-benchmark and the router's CPU per cloud request
+Results go to bench/results/*.json (git-ignored); the tables go into docs/benchmarks.md between the
+`<!-- bench:*:begin/end -->` markers (bench/report.py). It reports; it never fails a run on timing.
 
-    python -m bench.run_all            # full (about 25 minutes on 2 cores)
-    python -m bench.run_all --quick    # short runs; router telemetry on the default proxy only (~6 minutes)
+    python -m bench.run_all                        # cloud + model (about 25 minutes on 2 cores)
+    BENCH_PHASES=cloud python -m bench.run_all     # the cloud path alone (about 8 minutes)
+    python -m bench.run_all --quick --no-docs      # short runs, a first look, docs left alone
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
 from typing import Any
 
-from bench import bench_cloud, bench_local, bench_router_cpu, bench_router_telemetry, common
+from bench import bench_cloud, bench_router_cpu, bench_router_telemetry, common, report
 
-BENCHES = ("micro", "cpu", "local", "cloud", "telemetry")
+PHASES = ("cloud", "model", "micro")
+DEFAULT_PHASES = ("cloud", "model")
 
 
 def micro(quick: bool) -> dict[str, Any]:
@@ -34,148 +42,63 @@ def micro(quick: bool) -> dict[str, Any]:
         check=False,
     )
     print(out.stdout, end="")
-    ratios = {}
-    for line in out.stdout.splitlines():
-        parts = line.split()
-        if len(parts) > 3 and parts[1] == "/" and parts[2] == "off" and parts[3].endswith("x"):
-            ratios[f"{parts[0]} / off wall"] = float(parts[3][:-1])
-    data = {"stdout": out.stdout, "returncode": out.returncode, "ratios": ratios}
+    data = {"stdout": out.stdout, "returncode": out.returncode}
     common.write_result("telemetry-micro", {"bench": "telemetry_micro", "machine": common.machine()} | data)
     return data
 
 
-def _get(data: dict[str, Any], *path: str) -> Any:
-    for key in path:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
+def model(quick: bool) -> int:
+    """bench_default_model in a process of its own (it starts vLLM and its own cluster); its exit status."""
+    common.banner("default model: vLLM's own server, OpenAiIngress, the router")
+    args = [sys.executable, "-m", "bench.bench_default_model", *(["--quick"] if quick else [])]
+    return subprocess.run(args, cwd=common.REPO, check=False).returncode
 
 
-def _fmt(value: Any, unit: str) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.2f} {unit}" if unit == "ms" else f"{value:.2f}{unit}"  # ms rows are differences
-
-
-def summary(results: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per target: measured value per proxy mode and whether it meets the target."""
-    c1j, c1s = "c1_json router-direct (total)", "c1_stream router-direct (ttft)"
-    rows = [
-        ("local c1 TTFT p50, router - direct vLLM", "local", ("vs_direct", "c1 router ttft", "p50"), "ms", 10.0),
-        ("local c1 TTFT p50, router - Ray ingress", "local", ("vs_ingress", "c1 router ttft", "p50"), "ms", 10.0),
-        ("local c1 TTFT p50, ingress - direct vLLM", "local", ("vs_direct", "c1 ingress ttft", "p50"), "ms", None),
-        ("local c1 total p50, router - direct", "local", ("vs_direct", "c1 router total", "p50"), "ms", None),
-        ("local c1 TTFT p50, handle - direct", "local", ("vs_direct", "c1 handle ttft", "p50"), "ms", None),
-        ("local c8 TTFT p50, router - direct", "local", ("vs_direct", "c8 router ttft", "p50"), "ms", None),
-        ("cloud c1 added p50 (non-stream)", "cloud", ("added_ms", c1j, "p50"), "ms", 3.0),
-        ("cloud c1 added p99 (non-stream)", "cloud", ("added_ms", c1j, "p99"), "ms", 8.0),
-        ("cloud c1 added TTFT p50 (stream)", "cloud", ("added_ms", c1s, "p50"), "ms", 3.0),
-        ("cloud c1 added TTFT p99 (stream)", "cloud", ("added_ms", c1s, "p99"), "ms", 8.0),
-        ("cloud c16 router req/s (wrk)", "cloud", ("throughput_c16", "router", "req_per_s"), " req/s", 400.0),
-        (
-            "cloud router replica CPU per request",
-            "cloud",
-            ("throughput_c16", "router", "cpu_ms_per_request", "router"),
-            " cpu-ms",
-            None,
-        ),
-        (
-            "cloud router req/s if CPU-bound on 1 core",
-            "cloud",
-            ("throughput_c16", "router", "cpu_bound_req_per_s"),
-            " req/s",
-            400.0,
-        ),
-        ("cloud c16 stand-in direct req/s (wrk)", "cloud", ("throughput_c16", "direct", "req_per_s"), " req/s", None),
-        ("telemetry on/off req/s (c16)", "telemetry", ("summary", "c16 req/s on/off"), "x", 0.95),
-        (
-            "telemetry router CPU per request on/off",
-            "telemetry",
-            ("summary", "router cpu-bound req/s on/off"),
-            "x",
-            0.95,
-        ),
-        ("telemetry added p50 (c1 non-stream)", "telemetry", ("summary", "c1 json total p50 added ms"), "ms", 1.0),
-        ("telemetry OTLP only: req/s on/off", "telemetry", ("summary", "c16 req/s on/off (otlp only)"), "x", 0.95),
-        (
-            "telemetry OTLP only: router CPU on/off",
-            "telemetry",
-            ("summary", "router cpu-bound req/s on/off (otlp only)"),
-            "x",
-            0.95,
-        ),
-    ]
-    table = []
-    for label, bench, path, unit, target in rows:
-        op = ">=" if unit != "ms" else "<="
-        shown = "" if target is None else f"{op} {target:g}{unit.strip() and ' ' + unit.strip()}"
-        row: dict[str, Any] = {"metric": label, "target": shown}
-        for proxy in ("default", "haproxy"):
-            value = _get(results.get(f"{bench}-{proxy}", {}), *path)
-            row[proxy] = value
-            if value is not None and target is not None:
-                row[f"{proxy}_met"] = value <= target if op == "<=" else value >= target
-        table.append(row | {"unit": unit})
-    return table
-
-
-def print_table(table: list[dict[str, Any]]) -> None:
-    print(f"\n{'metric':<42} {'target':<13} {'default proxy':>18} {'HAProxy':>18}")
-    for row in table:
-        cells = []
-        for proxy in ("default", "haproxy"):
-            mark = {True: " ok", False: " MISS"}.get(row.get(f"{proxy}_met"), "")
-            cells.append(f"{_fmt(row[proxy], row['unit'])}{mark}")
-        print(f"{row['metric']:<42} {row['target']:<13} {cells[0]:>18} {cells[1]:>18}")
+def phases_from(value: str | None) -> tuple[str, ...]:
+    """`BENCH_PHASES` ("cloud", "cloud,model", "all"; empty: the default phases) as a tuple of known phases."""
+    if not value or not value.strip():
+        return DEFAULT_PHASES
+    names = tuple(p.strip() for p in value.replace(" ", ",").split(",") if p.strip())
+    if names == ("all",):
+        return PHASES
+    unknown = [n for n in names if n not in PHASES]
+    if unknown:
+        raise SystemExit(f"BENCH_PHASES: unknown phase(s) {unknown}; known: {', '.join(PHASES)}, all")
+    return names
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short runs (about 6 minutes)")
-    parser.add_argument("--proxy", choices=("default", "haproxy", "both"), default="both")
-    parser.add_argument("--only", nargs="+", choices=BENCHES, default=list(BENCHES))
+    parser.add_argument("--quick", action="store_true", help="short runs (a first look, not figures to quote)")
+    parser.add_argument("--proxy", choices=("default", "haproxy"), default="haproxy", help="Serve ingress")
+    parser.add_argument("--only", nargs="+", choices=PHASES, help="phases to run (default: BENCH_PHASES)")
+    parser.add_argument("--profile", action="store_true", help="also py-spy the exporting router replica")
+    parser.add_argument("--no-docs", action="store_true", help="do not write the tables into docs/benchmarks.md")
     opts = parser.parse_args()
+    phases = tuple(opts.only) if opts.only else phases_from(os.environ.get("BENCH_PHASES"))
     started = time.monotonic()
-    print(f"machine: {common.machine()}")
-    results: dict[str, dict[str, Any]] = {}
-    if "micro" in opts.only:
-        results["micro"] = micro(opts.quick)
-    if "cpu" in opts.only:
-        results["cpu"] = bench_router_cpu.run(quick=opts.quick)
-    for proxy in ("default", "haproxy") if opts.proxy == "both" else (opts.proxy,):
-        # vLLM's own server (the local path's direct side) loads while the cluster starts, and stops after the
-        # local benchmark: an idle vLLM CPU engine still costs CPU the other benchmarks would feel.
-        vllm, vllm_url = None, None
-        if "local" in opts.only:
-            vllm, vllm_url = common.start_vllm_direct(bench_local.smoke_model_dir())
-        try:
-            with common.session(proxy, vllm_url=vllm_url, with_model="local" in opts.only) as s:
-                if vllm is not None and vllm_url is not None:
-                    common.wait_http_ok(vllm_url + "/health", 300, vllm)
-                    results[f"local-{proxy}"] = bench_local.run(s, quick=opts.quick)
-                    vllm.stop()
-                if "cloud" in opts.only:
-                    results[f"cloud-{proxy}"] = bench_cloud.run(s, quick=opts.quick)
-                if "telemetry" in opts.only and not (opts.quick and proxy == "haproxy"):
-                    results[f"telemetry-{proxy}"] = bench_router_telemetry.run(s, quick=opts.quick)
-        finally:
-            if vllm is not None:
-                vllm.stop()
-    table = summary(results)
-    print_table(table)
+    machine = common.machine()
+    print(f"machine: {machine}; phases: {', '.join(phases)}")
+    if "micro" in phases:
+        micro(opts.quick)
+        bench_router_cpu.run(quick=opts.quick)
+    if "cloud" in phases:
+        with common.session(opts.proxy, with_model=False, litellm=True, routers=bench_router_telemetry.ROUTERS) as s:
+            bench_cloud.run(s, quick=opts.quick)
+            bench_router_telemetry.run(s, quick=opts.quick)
+            if opts.profile:
+                print(f"  profile: {bench_router_telemetry.profile(s)}")
+    if "model" in phases and model(opts.quick) != 0:
+        print("the default-model phase failed; its table is left as it was", file=sys.stderr)
+    blocks = report.from_results(" --quick" if opts.quick else "", phases, proxy=opts.proxy)
+    for name, body in blocks.items():
+        print(f"\n[{name}]\n{body}")
+    if blocks and not opts.no_docs:
+        print(f"\ntables written to {report.write_docs(blocks)}")
     elapsed = time.monotonic() - started
     print(f"\nwall time {elapsed:.0f}s; load now {common.load_average()}; results in bench/results/")
-    common.write_result(
-        "summary",
-        {
-            "quick": opts.quick,
-            "machine": common.machine(),
-            "wall_s": round(elapsed),
-            "table": table,
-            "router_cpu_in_process": _get(results, "cpu", "ratios"),
-        },
-    )
+    summary = {"quick": opts.quick, "machine": machine, "wall_s": round(elapsed), "tables": blocks}
+    common.write_result("summary", summary)
 
 
 if __name__ == "__main__":

@@ -109,9 +109,7 @@ default=$redis
 init-public-key=$pk
 init-secret-key=$sk
 init-user-password=$(random 16)"
-  # The same Langfuse key pair for the router (SDK) and, as Basic auth, for the Collector's optional exporter.
-  ensure_secret "$APP_NS" langfuse-api-keys <<<"public-key=$pk
-secret-key=$sk"
+  # Langfuse's key pair as Basic auth for the Collector, which sends Langfuse the router's generations.
   ensure_secret "$MON_NS" otel-langfuse-auth <<<"authorization=Basic $(printf '%s:%s' "$pk" "$sk" | base64 | tr -d '\n')"
   # Ray's cluster token (KubeRay authOptions.secretName): every Ray API call, the dashboard and `serve deploy`.
   ensure_secret "$APP_NS" ray-auth-token <<<"auth_token=$(random 32)"
@@ -183,13 +181,9 @@ step_observability() {
     -n "$MON_NS" -f "$v/dcgm-exporter.yaml"
   run helm upgrade --install tempo grafana-community/tempo --version "$TEMPO_VERSION" \
     -n "$MON_NS" -f "$v/tempo.yaml" --wait
-  # DEPLOY_LANGFUSE_VIA_COLLECTOR=1 adds the overlay that also sends the router's GenAI spans to Langfuse.
-  local collector_values=(-f "$v/opentelemetry-collector.yaml")
-  if [[ "${DEPLOY_LANGFUSE_VIA_COLLECTOR:-0}" == 1 ]]; then
-    collector_values+=(-f "$v/opentelemetry-collector-langfuse.yaml")
-  fi
+  # The Collector sends Tempo every span and Langfuse the router's request spans (its generations).
   run helm upgrade --install otel-collector open-telemetry/opentelemetry-collector --version "$OTEL_VERSION" \
-    -n "$MON_NS" "${collector_values[@]}" --wait
+    -n "$MON_NS" -f "$v/opentelemetry-collector.yaml" --wait
   # Langfuse 2.x renders ClickHouseCluster/KeeperCluster CRs: cert-manager and the ClickHouse operator first.
   run helm upgrade --install cert-manager oci://quay.io/jetstack/charts/cert-manager \
     --version "$CERT_MANAGER_VERSION" -n cert-manager --create-namespace --set crds.enabled=true --wait

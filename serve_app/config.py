@@ -253,6 +253,21 @@ class TelemetryArgs(_Args):
     langfuse: bool = Field(default=True, description="Send generations to Langfuse when its keys are set.")
     export_queue_size: int = Field(default=2048, ge=16, description="Span queue bound; beyond it spans are dropped.")
     export_timeout_s: float = Field(default=5.0, gt=0, description="Exporter request timeout.")
+    export_batch_size: int = Field(
+        default=64,
+        ge=1,
+        description="Spans per export request (OTLP and Langfuse). Small batches keep each encode short: the "
+        "export thread holds the replica's GIL while it encodes a batch (docs/benchmarks.md, telemetry).",
+    )
+    export_schedule_delay_ms: float = Field(
+        default=200.0, gt=0, description="Longest wait before a partial batch is exported."
+    )
+    http_client_spans: bool = Field(
+        default=False,
+        description="A CLIENT span per upstream HTTP call (Anthropic), child of the router span: Tempo's service "
+        "graph draws the router -> anthropic edge from it. Off, `traceparent` still goes upstream, naming the "
+        "router span as the parent.",
+    )
     request_log_path: str | None = Field(
         default=None,
         description="Append one JSON request record per request to this file (policy replay; no prompt or "

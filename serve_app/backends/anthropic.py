@@ -27,9 +27,11 @@ from anthropic.lib._extras._common import MissingDependencyError
 from anthropic.lib.credentials._workload import WorkloadIdentityError
 from anthropic.lib.foundry import MutuallyExclusiveAuthError
 from anthropic.lib.tools._toolsets._errors import ToolsetUsageError
+from opentelemetry import propagate
 from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
+from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.metrics import NoOpMeterProvider
-from opentelemetry.trace import Span, TracerProvider
+from opentelemetry.trace import NoOpTracerProvider, Span, TracerProvider
 
 from serve_app.backends.anthropic_mapping import (
     new_stream_state,
@@ -266,10 +268,14 @@ class AnthropicBackend:
 def http_client(kind: str, tracer_provider: TracerProvider | None) -> Any:
     """The SDK's own httpx2 client for `kind` (same defaults as it builds itself), instrumented when a provider is
     given. Both kinds are httpx2 clients (aiohttp only as the transport), so one instrumentation covers both; it
-    wraps this client's transports only and leaves every other client of the process alone."""
+    wraps this client's transports only and leaves every other client of the process alone. The API's no-op
+    provider (the router's telemetry without HTTP client spans) means the trace context only: a request hook
+    injects `traceparent` (the router span's), without the instrumentation's per-request attribute work."""
     # The aiohttp session inside opens lazily, on the event loop of the first request.
     client = anthropic.DefaultAioHttpClient() if kind == "aiohttp" else anthropic.DefaultAsyncHttpxClient()
-    if tracer_provider is not None:
+    if isinstance(tracer_provider, NoOpTracerProvider):
+        client.event_hooks["request"].append(_inject_trace_context)
+    elif tracer_provider is not None:
         HTTPX2ClientInstrumentor.instrument_client(
             client,
             tracer_provider=tracer_provider,
@@ -277,6 +283,11 @@ def http_client(kind: str, tracer_provider: TracerProvider | None) -> Any:
             request_hook=_name_peer,
         )
     return client
+
+
+async def _inject_trace_context(request: httpx2.Request) -> None:
+    if is_http_instrumentation_enabled():  # the router suppresses it for a request it does not record
+        propagate.inject(request.headers)
 
 
 async def _name_peer(span: Span, _request: Any) -> None:

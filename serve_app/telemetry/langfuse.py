@@ -24,8 +24,7 @@ logger = logging.getLogger(__name__)
 
 OTEL_TRACES_PATH = "/api/public/otel/v1/traces"
 _DEFAULT_BASE_URL = "https://cloud.langfuse.com"  # the SDK's own default
-_DEFAULT_QUEUE = 2048  # BatchSpanProcessor's defaults, which Langfuse's processor keeps
-_DEFAULT_BATCH = 512
+_DEFAULT_QUEUE = 2048  # BatchSpanProcessor's default, which Langfuse's processor keeps
 
 
 def langfuse_configured(args: TelemetryArgs, environ: Mapping[str, str]) -> bool:
@@ -85,9 +84,10 @@ def build_langfuse(
             timeout=args.export_timeout_s,
             compression=Compression.Gzip,
         )
-        # Langfuse's BatchSpanProcessor reads its bounds from the process environment, whatever `environ` says
+        # Langfuse's BatchSpanProcessor reads its queue bound from the process environment, whatever `environ`
+        # says; the batch size and schedule delay are ours (small batches: see tracing.EXPORT_BATCH_SIZE)
         capacity = _env_int("OTEL_BSP_MAX_QUEUE_SIZE", _DEFAULT_QUEUE)
-        batch = _env_int("LANGFUSE_FLUSH_AT", _env_int("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", _DEFAULT_BATCH))
+        batch = min(args.export_batch_size, capacity)
         accounting = ExportAccounting(capacity=capacity, slack=batch, on_drop=on_drop)
         client = Langfuse(
             public_key=public_key,
@@ -97,6 +97,8 @@ def build_langfuse(
             environment=args.environment,
             release=service_version(),
             tracer_provider=provider,
+            flush_at=batch,
+            flush_interval=args.export_schedule_delay_ms / 1000.0,
             should_export_span=router_span_filter(accounting),
             span_exporter=AccountedExporter(exporter, accounting),
         )

@@ -32,6 +32,7 @@ from serve_app.telemetry.tracing import (
     bounded_call,
     build_otlp_exporter,
     build_tracer_provider,
+    client_tracer_provider,
     otlp_configured,
     service_version,
     span_name,
@@ -69,9 +70,12 @@ class Telemetry:
         self.langfuse_accounting = langfuse_accounting
         self._owns_provider = owns_provider
         self._tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
-        # For the backends' HTTP client instrumentation: their spans are children of the router span, exported
-        # with it; None when no span leaves the process (then there is nothing to be a child of).
-        self.client_tracer_provider: TracerProvider | None = provider if tracing_active else None
+        # For the backends' HTTP client instrumentation: with `http_client_spans` each upstream call is a span,
+        # child of the router span, exported with it; without, the call carries the router span's `traceparent`
+        # and records nothing. None when no span leaves the process (then there is nothing to be a child of).
+        self.client_tracer_provider: trace.TracerProvider | None = (
+            client_tracer_provider(provider, spans=args.telemetry.http_client_spans) if tracing_active else None
+        )
         self._span_models = frozenset({args.local.model_id, *args.cloud.model_ids, *ALIASES})
         self._shutdown_timeout_s = shutdown_timeout_s
         self._shut = False
@@ -103,10 +107,19 @@ class Telemetry:
             try:
                 accounting = ExportAccounting(
                     capacity=args.telemetry.export_queue_size,
+                    # a batch the processor has popped but not yet handed to our exporter wrapper
+                    slack=min(args.telemetry.export_batch_size, args.telemetry.export_queue_size),
                     on_drop=lambda n: metrics.dropped_items("otlp", n),
                 )
                 exporter = build_otlp_exporter(args.telemetry, env)
-                provider.add_span_processor(AccountedBatchProcessor(exporter, accounting))
+                provider.add_span_processor(
+                    AccountedBatchProcessor(
+                        exporter,
+                        accounting,
+                        batch_size=args.telemetry.export_batch_size,
+                        schedule_delay_ms=args.telemetry.export_schedule_delay_ms,
+                    )
+                )
                 exporting = True
             except Exception:
                 logger.exception("OTLP exporter could not be built; traces are off")

@@ -26,7 +26,11 @@ from serve_app.config import TelemetryArgs
 logger = logging.getLogger(__name__)
 
 TRACER_NAME = "hybrid_llm.router"  # the instrumentation scope of router spans; Langfuse exports only these
-_DEFAULT_BATCH = 512
+# Spans per export and the longest wait for a partial batch (TelemetryArgs' defaults; the SDK's are 512 and 5 s).
+# A batch is encoded under the GIL in the export thread while the replica's event loop waits for it: 64 spans
+# keep each encode short, so no request stalls behind a 512-span burst (docs/benchmarks.md, telemetry).
+EXPORT_BATCH_SIZE = 64
+EXPORT_SCHEDULE_DELAY_MS = 200.0
 
 
 def span_name(operation: str, model: str, *, known_models: Collection[str]) -> str:
@@ -216,12 +220,22 @@ class AccountedExporter(SpanExporter):
 class AccountedBatchProcessor(SpanProcessor):
     """A bounded BatchSpanProcessor that reports each span it takes to `ExportAccounting`."""
 
-    def __init__(self, exporter: SpanExporter, accounting: ExportAccounting) -> None:
+    def __init__(
+        self,
+        exporter: SpanExporter,
+        accounting: ExportAccounting,
+        *,
+        batch_size: int = EXPORT_BATCH_SIZE,
+        schedule_delay_ms: float = EXPORT_SCHEDULE_DELAY_MS,
+    ) -> None:
         self._accounting = accounting
+        self.batch_size = min(batch_size, accounting.capacity)
+        self.schedule_delay_ms = schedule_delay_ms
         self._inner = BatchSpanProcessor(
             AccountedExporter(exporter, accounting),
             max_queue_size=accounting.capacity,
-            max_export_batch_size=min(_DEFAULT_BATCH, accounting.capacity),
+            max_export_batch_size=self.batch_size,
+            schedule_delay_millis=schedule_delay_ms,
         )
 
     def on_start(self, span: Span, parent_context: Context | None = None) -> None:
@@ -256,6 +270,13 @@ def bounded_call(fn: Callable[[], object], *, timeout_s: float, name: str) -> bo
 
     threading.Thread(target=run, name=f"telemetry-{name}", daemon=True).start()
     return done.wait(timeout_s)
+
+
+def client_tracer_provider(provider: TracerProvider, *, spans: bool) -> trace.TracerProvider:
+    """What the backends' HTTP clients trace with: `provider` when each upstream call is to be a span of its own;
+    otherwise the API's no-op provider, which starts no span: the cloud backend then only injects the current
+    context (the router span's) as `traceparent`, and nothing is recorded, ended or exported for the call."""
+    return provider if spans else trace.NoOpTracerProvider()
 
 
 def backend_context(span: trace.Span) -> Context:

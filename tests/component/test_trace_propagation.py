@@ -75,7 +75,7 @@ async def test_cloud_call_is_a_child_span_of_the_router_span_and_sends_its_trace
             "LANGFUSE_SECRET_KEY": secret,
             "LANGFUSE_BASE_URL": lf.base_url,
         }
-        args = router_args()
+        args = router_args(telemetry={"http_client_spans": True})  # the Tempo service-graph setup
         telemetry = Telemetry.from_args(args, meter=InMemoryMetricsSink(), environ=env)
         cloud = AnthropicBackend(
             CloudBackendArgs(base_url=standin.base_url, max_retries=0, http_client=transport),
@@ -101,6 +101,32 @@ async def test_cloud_call_is_a_child_span_of_the_router_span_and_sends_its_trace
         # Langfuse: exactly the one generation, never the HTTP span
         assert [s.scope for s in lf.spans] == [TRACER_NAME]
         assert [s.attributes["llm.request_id"] for s in lf.generations()] == [request_id]
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_without_client_spans_the_cloud_call_records_nothing_but_still_names_the_router_span_upstream(
+    standin: AnthropicStandIn, transport: str
+) -> None:
+    with OtlpHttpReceiver() as tempo:
+        args = router_args()  # http_client_spans: off by default
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url}
+        telemetry = Telemetry.from_args(args, meter=InMemoryMetricsSink(), langfuse=False, environ=env)
+        cloud = AnthropicBackend(
+            CloudBackendArgs(base_url=standin.base_url, max_retries=0, http_client=transport),
+            api_key=KEY,
+            tracer_provider=telemetry.client_tracer_provider,
+        )
+        service = ChatService(args, backends={"local": local_backend(ready=False), "cloud": cloud}, telemetry=telemetry)
+        request_id = f"trace-{uuid.uuid4().hex}"
+        await _serve(service, "claude-sonnet-4-6", request_id)
+        await cloud.aclose()
+        telemetry.shutdown()
+        # one span per request: the router's, nothing of the HTTP client
+        (router,) = tempo.spans
+        assert router.scope == TRACER_NAME and router.attributes["llm.request_id"] == request_id
+        # the upstream still got a sampled traceparent, whose parent is the router span itself
+        (upstream,) = [r for r in standin.requests if router.trace_id in r.headers.get("traceparent", "")]
+        assert _parent_of(upstream.headers["traceparent"]) == (router.trace_id, router.span_id)
 
 
 async def test_only_the_sdk_client_is_instrumented(standin: AnthropicStandIn) -> None:
@@ -280,8 +306,12 @@ def test_backends_get_the_routers_provider_only_when_its_spans_leave_the_process
     with OtlpHttpReceiver() as tempo:
         env = {"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url}
         exporting = Telemetry.from_args(args, meter=InMemoryMetricsSink(), langfuse=False, environ=env)
-        assert exporting.client_tracer_provider is exporting.provider
+        assert isinstance(exporting.client_tracer_provider, trace.NoOpTracerProvider)  # traceparent only
+        spans_on = router_args(telemetry={"http_client_spans": True})
+        graphing = Telemetry.from_args(spans_on, meter=InMemoryMetricsSink(), langfuse=False, environ=env)
+        assert graphing.client_tracer_provider is graphing.provider
         exporting.shutdown()
+        graphing.shutdown()
     quiet.shutdown()
 
 

@@ -211,7 +211,7 @@ def test_eks_enforces_network_policies(eksctl):
 
 # --- Secrets only where they are used -------------------------------------------------------------------------
 
-ROUTER_SECRETS = {"anthropic-api-key", "langfuse-api-keys", "router-api-keys"}
+ROUTER_SECRETS = {"anthropic-api-key", "router-api-keys"}
 
 
 def test_router_secrets_are_only_in_the_cpu_group(rayservice):

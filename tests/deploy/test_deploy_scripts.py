@@ -73,11 +73,13 @@ def test_dry_run_prints_no_secret_values():
     assert not re.search(r"[0-9a-f]{24,}", output)
 
 
-def test_langfuse_overlay_is_opt_in():
-    plain = "\n".join(dry_run("deploy.sh", "observability"))
-    opted = "\n".join(dry_run("deploy.sh", "observability", DEPLOY_LANGFUSE_VIA_COLLECTOR="1"))
-    assert "opentelemetry-collector-langfuse.yaml" not in plain
-    assert "opentelemetry-collector-langfuse.yaml" in opted
+def test_the_collector_is_deployed_with_its_langfuse_route_and_only_it_gets_langfuse_keys():
+    observability = "\n".join(dry_run("deploy.sh", "observability"))
+    (collector,) = [line for line in observability.splitlines() if "install otel-collector" in line]
+    assert "opentelemetry-collector.yaml" in collector
+    secrets = "\n".join(dry_run("deploy.sh", "secrets"))
+    assert "otel-langfuse-auth" in secrets
+    assert "langfuse-api-keys" not in secrets  # the router sends Langfuse nothing itself
 
 
 def test_teardown_removes_pvcs_before_the_cluster():

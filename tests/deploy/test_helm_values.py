@@ -24,7 +24,6 @@ CHARTS = {
     VALUES / "dcgm-exporter.yaml": "dcgm-exporter",
     VALUES / "tempo.yaml": "tempo",
     VALUES / "opentelemetry-collector.yaml": "opentelemetry-collector",
-    VALUES / "opentelemetry-collector-langfuse.yaml": "opentelemetry-collector",
     VALUES / "langfuse.yaml": "langfuse",
     REPO / "kuberay" / "operator-values.yaml": "kuberay-operator",
     REPO / "cluster" / "aws-load-balancer-controller.yaml": "aws-load-balancer-controller",
@@ -107,14 +106,8 @@ def test_commented_keys_are_documented_in_the_chart():
             assert re.search(rf"#\s*{re.escape(key.rsplit('.', 1)[1])}:", text), key
 
 
-@pytest.mark.parametrize(
-    "overlays",
-    [["opentelemetry-collector.yaml"], ["opentelemetry-collector.yaml", "opentelemetry-collector-langfuse.yaml"]],
-)
-def test_collector_values_pass_the_chart_json_schema(overlays):
-    merged = chart_defaults("opentelemetry-collector")
-    for name in overlays:
-        merged = deep_merge(merged, load(VALUES / name))
+def test_collector_values_pass_the_chart_json_schema():
+    merged = deep_merge(chart_defaults("opentelemetry-collector"), load(VALUES / "opentelemetry-collector.yaml"))
     schema = load_json(HELM / "opentelemetry-collector" / "values.schema.json")
     errors = [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
@@ -200,8 +193,8 @@ def test_collector_receives_otlp_and_exports_to_tempo():
     assert f"http://{values['fullnameOverride']}.monitoring.svc:4318" in rs
 
 
-def test_langfuse_overlay_filters_router_spans_and_reads_auth_from_a_secret():
-    overlay = load(VALUES / "opentelemetry-collector-langfuse.yaml")
+def test_collector_langfuse_pipeline_filters_router_spans_and_reads_auth_from_a_secret():
+    overlay = load(VALUES / "opentelemetry-collector.yaml")
     pipeline = overlay["config"]["service"]["pipelines"]["traces/langfuse"]
     (name,) = [p for p in pipeline["processors"] if p.startswith("filter/")]
     # The filter drops what is not the router's scope, so every router span (failed ones too) gets through.

@@ -105,7 +105,7 @@ def test_the_latency_panel_asks_for_exemplars_of_the_router_spans() -> None:
 
 
 def test_collector_sends_langfuse_the_router_spans_only() -> None:
-    overlay = yaml.safe_load((VALUES / "opentelemetry-collector-langfuse.yaml").read_text())
+    overlay = yaml.safe_load((VALUES / "opentelemetry-collector.yaml").read_text())
     processors = overlay["config"]["processors"]
     (name,) = [p for p in overlay["config"]["service"]["pipelines"]["traces/langfuse"]["processors"] if "filter" in p]
     (condition,) = processors[name]["traces"]["span"]

@@ -1,0 +1,258 @@
+"""The benchmark's tables, from one run's results, written into docs/benchmarks.md between generated markers.
+
+Each table is rendered from the result dicts of bench_cloud, bench_router_telemetry and bench_default_model
+of the same run and replaces the text between `<!-- bench:NAME:begin -->` and `<!-- bench:NAME:end -->`;
+nothing between the markers is written by hand. Ratios are to sides measured in the same run only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from pathlib import Path
+from typing import Any
+
+from bench import common
+
+DOC = common.REPO / "docs" / "benchmarks.md"
+
+CLOUD_SIDES = (
+    ("direct", "stand-in directly (`POST /v1/messages`)"),
+    ("forwarder", "bare forwarder on the same Serve ingress (the floor)"),
+    ("router-notel", "router, telemetry off"),
+    ("router", "router, telemetry as deployed (every span over OTLP)"),
+    ("litellm", "LiteLLM proxy, one worker, no callbacks"),
+)
+
+
+def _num(value: Any, fmt: str = ".1f") -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _ratio(a: Any, b: Any, fmt: str = ".2f") -> str:
+    return "-" if not a or not b else format(a / b, fmt) + "x"
+
+
+def _get(data: dict[str, Any], *path: str) -> Any:
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _cpu(side: str, row: dict[str, Any]) -> float | None:
+    """CPU ms per request of what serves the side: every Ray process, LiteLLM's process tree, the stand-in."""
+    cpu = row.get("cpu_ms_per_request", {})
+    if side == "direct":
+        return cpu.get("standin")
+    if side == "litellm":
+        return cpu.get("litellm")
+    return row.get("ray_cpu_ms_per_request")
+
+
+def cloud_table(cloud: dict[str, Any]) -> str:
+    tp = cloud.get("throughput_c16", {})
+    c1 = cloud.get("c1_json", {})
+    direct_p50 = _get(c1, "direct", "total_ms", "p50")
+    floor, litellm = tp.get("forwarder", {}), tp.get("litellm", {})
+    lines = [
+        "| side | c=1 p50 | added to direct | req/s c=16 | p99 c=16 | CPU ms/request | req/s ÷ floor | req/s ÷ LiteLLM "
+        "| CPU ÷ floor | CPU ÷ LiteLLM |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for side, label in CLOUD_SIDES:
+        row = tp.get(side)
+        if not row:
+            continue
+        p50 = _get(c1, side, "total_ms", "p50")
+        added = None if p50 is None or direct_p50 is None or side == "direct" else p50 - direct_p50
+        cpu = _cpu(side, row)
+        lines.append(
+            f"| {label} | {_num(p50, '.2f')} ms | {'-' if added is None else f'{added:+.2f} ms'} | "
+            f"{_num(row['req_per_s'])} | {_num(row['latency_ms']['p99'])} ms | {_num(cpu, '.2f')} | "
+            f"{_ratio(row['req_per_s'], floor.get('req_per_s'))} | "
+            f"{_ratio(row['req_per_s'], litellm.get('req_per_s'))} | "
+            f"{_ratio(cpu, _cpu('forwarder', floor) if floor else None)} | "
+            f"{_ratio(cpu, _cpu('litellm', litellm) if litellm else None)} |"
+        )
+    return "\n".join(lines)
+
+
+def telemetry_table(tel: dict[str, Any]) -> str:
+    lat, tp = tel.get("latency_c1", {}), tel.get("throughput_c16", {})
+    off = tp.get("off", {})
+    off_p50 = _get(lat, "json", "off", "total_ms", "p50")
+    lines = [
+        "| telemetry | c=1 p50 (json) | added to off | c=1 TTFT p50 (stream) | req/s c=16 | ÷ off | p99 c=16 | ÷ off "
+        "| router replica CPU ms/request |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for mode, label in (tel.get("labels") or {}).items():
+        row = tp.get(mode)
+        if not row:
+            continue
+        json_p50 = _get(lat, "json", mode, "total_ms", "p50")
+        ttft_p50 = _get(lat, "stream", mode, "ttft_ms", "p50")
+        added = "-" if mode == "off" or json_p50 is None or off_p50 is None else f"{json_p50 - off_p50:+.2f} ms"
+        lines.append(
+            f"| {label} | {_num(json_p50, '.2f')} ms | {added} | {_num(ttft_p50, '.2f')} ms | "
+            f"{_num(row['req_per_s'])} | {_ratio(row['req_per_s'], off.get('req_per_s'))} | {_num(row['p99_ms'])} ms | "
+            f"{_ratio(row['p99_ms'], off.get('p99_ms'))} | {_num(row['router_cpu_ms_per_request'], '.2f')} |"
+        )
+    exported = tel.get("exported_during_run", {})
+    if exported:
+        requests = exported.get("requests", {})
+        exporting = sum(n for name, n in requests.items() if name != "off")
+        lines.append("")
+        lines.append(
+            f"Exported while measuring (counted by the sink afterwards): {exported['otlp_router_spans']} router spans "
+            f"over OTLP for {exporting} requests to the exporting variants "
+            f"({_num(exported.get('router_spans_per_request'), '.3f')} per request; each is a Langfuse generation "
+            f"once the Collector's filter forwards it), {exported['langfuse_generations']} generations on "
+            f"Langfuse's route for {requests.get('direct', 0)} requests to the direct exporter "
+            f"({_num(exported.get('generations_per_request'), '.3f')} per request), and "
+            f"{exported.get('client_spans', 0)} Anthropic HTTP client spans for {requests.get('client', 0)} requests "
+            f"with `http_client_spans` ({_num(exported.get('client_spans_per_request'), '.3f')} per request; none "
+            f"from the other variants). Slightly above 1: wrk stops counting while its last requests are answered."
+        )
+    return "\n".join(lines)
+
+
+TARGET_VARIANTS = ("otlp", "direct")  # as deployed (the Collector feeds Langfuse), and without a Collector
+
+
+def targets_table(tel: dict[str, Any]) -> str:
+    """The issue's telemetry targets against telemetry off, same router, same run."""
+    lat, tp = tel.get("latency_c1", {}), tel.get("throughput_c16", {})
+    off = tp.get("off", {})
+    p50_off = _get(lat, "json", "off", "total_ms", "p50")
+    exported = tel.get("exported_during_run", {})
+    labels = tel.get("labels") or {}
+    lines = ["| target | wanted | " + " | ".join(labels.get(v, v) for v in TARGET_VARIANTS) + " |"]
+    lines.append("| --- | --- |" + " --- |" * len(TARGET_VARIANTS))
+
+    def cell(value: str, ok: bool) -> str:
+        return f"{value} ({'met' if ok else '**not met**'})"
+
+    p99, rps, p50 = [], [], []
+    for variant in TARGET_VARIANTS:
+        on = tp.get(variant, {})
+        r99 = on.get("p99_ms") / off["p99_ms"] if on.get("p99_ms") and off.get("p99_ms") else None
+        rr = on.get("req_per_s") / off["req_per_s"] if on.get("req_per_s") and off.get("req_per_s") else None
+        p50_on = _get(lat, "json", variant, "total_ms", "p50")
+        added = None if p50_on is None or p50_off is None else p50_on - p50_off
+        p99.append("-" if r99 is None else cell(f"{r99:.2f}x", r99 <= 1.2))
+        rps.append("-" if rr is None else cell(f"{rr:.2f}x", rr >= 0.95))
+        p50.append("-" if added is None else cell(f"{added:+.2f} ms", added <= 0.3))
+    lines.append("| p99 at c=16, ÷ off | <= 1.20x | " + " | ".join(p99) + " |")
+    lines.append("| req/s at c=16, ÷ off | >= 0.95x | " + " | ".join(rps) + " |")
+    lines.append("| p50 at c=1, added to off | <= +0.3 ms | " + " | ".join(p50) + " |")
+    if exported:
+        spans, gens = exported.get("router_spans_per_request"), exported.get("generations_per_request")
+
+        def one(x: float | None) -> str:
+            return "-" if x is None else cell(f"{x:.3f}", abs(x - 1) < 0.02)
+
+        lines.append(
+            "| router spans, generations per request | 1, 1 | "
+            f"{one(spans)}, {one(exported.get('collector_generations_per_request'))} (via the Collector) | "
+            f"{one(spans)}, {one(gens)} |"
+        )
+    return "\n".join(lines)
+
+
+def model_table(model: dict[str, Any]) -> str:
+    lines = [
+        "| side | c | TTFT p50 | TTFT p95 | ITL p50 | ITL p95 | tokens/s per stream p50 | tokens/s all streams |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for key in ("c1", "c8"):
+        for name, row in (model.get(key) or {}).items():
+            lines.append(
+                f"| {name} | {key[1:]} | {row['ttft_ms']['p50']:.1f} ms | {row['ttft_ms']['p95']:.1f} ms | "
+                f"{row['itl_ms']['p50']:.2f} ms | {row['itl_ms']['p95']:.2f} ms | {row['stream_tok_s_p50']} | "
+                f"{row['aggregate_tok_s_mean']} |"
+            )
+    rows = []
+    for key in ("c1", "c8"):
+        block = model.get(key) or {}
+        if {"router", "ingress", "direct"} <= set(block):
+            r, i, d = block["router"], block["ingress"], block["direct"]
+            ttft, itl = (lambda x: x["ttft_ms"]["p50"]), (lambda x: x["itl_ms"]["p50"])
+            rows.append(
+                f"| {key[1:]} | {ttft(r) - ttft(i):+.1f} ms | {ttft(r) - ttft(d):+.1f} ms | {_ratio(itl(r), itl(i))} | "
+                f"{_ratio(itl(r), itl(d))} | {_ratio(itl(i), itl(d))} |"
+            )
+    if rows:
+        lines += [
+            "",
+            "| c | router - OpenAiIngress TTFT p50 | router - vLLM TTFT p50 | router ÷ OpenAiIngress ITL p50 "
+            "| router ÷ vLLM ITL p50 | OpenAiIngress ÷ vLLM ITL p50 |",
+            "| --- | --- | --- | --- | --- | --- |",
+            *rows,
+        ]
+    return "\n".join(lines)
+
+
+def run_line(machine: dict[str, Any], extra: str = "", data: dict[str, Any] | None = None) -> str:
+    """Where and when; the 1/5/15-minute load averages before and after the phase (a shared machine)."""
+    data = data or {}
+
+    def load(values: Any) -> str:
+        return " ".join(str(x) for x in values) if values else "-"
+
+    return (
+        f"Generated by `make bench`{extra} on {machine.get('date')} ({machine.get('cpus')} CPUs, Python "
+        f"{machine.get('python')}, Ray {machine.get('ray')}); load average {load(data.get('load_before'))} "
+        f"before, {load(data.get('load_after'))} after."
+    )
+
+
+def replace_block(text: str, name: str, body: str) -> str:
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    block = f"{begin}\n{body}\n{end}"
+    if pattern.search(text):
+        return pattern.sub(lambda _: block, text)
+    return text.rstrip("\n") + f"\n\n{block}\n"
+
+
+def write_docs(blocks: dict[str, str], path: Path = DOC) -> Path:
+    text = path.read_text()
+    for name, body in blocks.items():
+        text = replace_block(text, name, body)
+    path.write_text(text)
+    return path
+
+
+def from_results(
+    quick_note: str = "", phases: tuple[str, ...] = ("cloud", "model"), *, proxy: str = "haproxy"
+) -> dict[str, str]:
+    """The tables from the last run's files in bench/results/ (`python -m bench.report` rewrites the docs)."""
+    import json
+
+    def load(name: str) -> dict[str, Any] | None:
+        path = common.RESULTS / f"{name}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    blocks: dict[str, str] = {}
+    cloud, tel, model = load(f"cloud-{proxy}"), load(f"router-telemetry-{proxy}"), load("default-model")
+    if "cloud" in phases and cloud and tel:
+        blocks["cloud"] = run_line(cloud["machine"], quick_note, cloud) + "\n\n" + cloud_table(cloud)
+        blocks["telemetry"] = run_line(tel.get("machine", cloud["machine"]), quick_note, tel) + "\n\n"
+        blocks["telemetry"] += telemetry_table(tel)
+        blocks["telemetry-targets"] = targets_table(tel)
+    # the default-model section of the doc is bench_default_model's: its table is written there only where that
+    # section has the generated-table markers (and stands as it is when the result's format has changed)
+    if "model" in phases and model and "<!-- bench:model:begin -->" in DOC.read_text():
+        with contextlib.suppress(KeyError, TypeError):
+            blocks["model"] = run_line(model["machine"], quick_note, model) + "\n\n" + model_table(model)
+    return blocks
+
+
+if __name__ == "__main__":
+    written = from_results()
+    for name, body in written.items():
+        print(f"[{name}]\n{body}\n")
+    print(write_docs(written))
