@@ -100,10 +100,11 @@ fuzz: install
 	  $(PY) -m pytest -q tests/component/test_fuzz_ingress.py
 	@cat $(STATE)/fuzz-report.json
 
-# Soak: SOAK_MINUTES (default 10) of the simulator's mixed workload through the router on a Ray cluster of its own;
+# Soak: ten minutes of the simulator's mixed workload through the router after a four-minute warm-up (SOAK_MINUTES in all,
+# default 14; SOAK_WARMUP, default 4), on a Ray cluster of its own;
 # router replica RSS, descriptors, asyncio tasks and throughput over time (bench/results/soak.json, docs/hardening.md).
 soak: install
-	$(PY) -m bench.soak --minutes $${SOAK_MINUTES:-10}
+	$(PY) -m bench.soak --minutes $${SOAK_MINUTES:-14} --warmup $${SOAK_WARMUP:-4}
 
 # The router next to its floor (a bare forwarder on the same Serve ingress), LiteLLM's proxy and the stand-in, in
 # one run; the tables go into docs/benchmarks.md. BENCH_PHASES=cloud (about 8 minutes) | cloud,model (default,

@@ -242,8 +242,8 @@ def verdicts(figures: dict[str, Any]) -> ps.Verdicts:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--minutes", type=float, default=10.0, help="Minutes of mixed load in all (default 10).")
-    parser.add_argument("--warmup", type=float, default=1.0, help="Minutes of it that are warm-up (default 1).")
+    parser.add_argument("--minutes", type=float, default=14.0, help="Minutes of mixed load in all (default 14).")
+    parser.add_argument("--warmup", type=float, default=4.0, help="Minutes of it that are warm-up (default 4).")
     parser.add_argument("--rate", type=float, default=4.0, help="Requests per second, constant (default 4).")
     parser.add_argument("--every", type=float, default=15.0, help="Seconds between samples (default 15).")
     parser.add_argument("--seed", type=int, default=3)
