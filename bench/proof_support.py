@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
+from bench.common import wait_port
 from tests.support.prometheus import free_port
 from tests.support.ray_platform import RAY_ENV, REPO, RayPlatform, merge
 
@@ -141,15 +142,6 @@ class DiscardSink:
     def __exit__(self, *exc: object) -> None:
         self._server.shutdown()
         self._server.server_close()
-
-
-def wait_port(port: int, timeout_s: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout_s}s")
 
 
 def wait_http(url: str, timeout_s: float) -> None:

@@ -7,20 +7,11 @@ span says how its stream ended (`llm.cancelled`), read from the OTLP stand-in.
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import httpx
 
-
-def _wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+from tests.support.waiting import wait_for
 
 
 def test_a_client_leaving_a_local_stream_cancels_the_model_replicas_stream(platform) -> None:
@@ -33,11 +24,11 @@ def test_a_client_leaving_a_local_stream_cancels_the_model_replicas_stream(platf
         for _ in range(3):
             next(lines)
     # Leaving the block closed the connection mid-stream.
-    (router,) = _wait_for(
+    (router,) = wait_for(
         lambda: [s for s in platform.otlp.spans if s.attributes.get("llm.request_id") == request_id],
         "the router span",
     )
-    (model,) = _wait_for(
+    (model,) = wait_for(
         lambda: [s for s in platform.otlp.spans if s.parent_span_id == router.span_id and s.name == "model chat"],
         "the model replica's span",
     )

@@ -13,19 +13,10 @@ import httpx
 import pytest
 
 from tests.support.otlp_receiver import ReceivedSpan
+from tests.support.waiting import wait_for
 
 ROUTER_SCOPE = "hybrid_llm.router"
 CLIENT, SERVER = 3, 2  # OTLP span kinds
-
-
-def _wait_for(predicate, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _chat(platform, model: str, request_id: str, *, stream: bool) -> httpx.Response:
@@ -41,7 +32,7 @@ def _chat(platform, model: str, request_id: str, *, stream: bool) -> httpx.Respo
 
 
 def _router_span(platform, request_id: str) -> ReceivedSpan:
-    spans = _wait_for(
+    spans = wait_for(
         lambda: [s for s in platform.otlp.spans if s.attributes.get("llm.request_id") == request_id],
         f"the router span of {request_id}",
     )
@@ -51,7 +42,7 @@ def _router_span(platform, request_id: str) -> ReceivedSpan:
 
 
 def _children(platform, parent: ReceivedSpan, what: str) -> list[ReceivedSpan]:
-    return _wait_for(
+    return wait_for(
         lambda: [
             s for s in platform.otlp.spans if s.trace_id == parent.trace_id and s.parent_span_id == parent.span_id
         ],
@@ -111,7 +102,7 @@ def test_only_router_spans_become_langfuse_generations(platform) -> None:
     # profile (no HTTP client span), so its router span is all there is to send
     _children(platform, _router_span(platform, ids[0]), "a child span")
     _router_span(platform, ids[1])
-    _wait_for(
+    wait_for(
         lambda: all(any(g.attributes.get("llm.request_id") == i for g in platform.langfuse.generations()) for i in ids),
         "Langfuse generations",
     )
