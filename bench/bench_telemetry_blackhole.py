@@ -34,6 +34,7 @@ from typing import Any
 import httpx
 
 from bench import proof_support as ps
+from bench.discard_sink import DiscardSink
 from tests.support import chat_load
 
 LANGFUSE_PUBLIC, LANGFUSE_SECRET = "pk-lf-proof", "sk-lf-proof"
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     opts = parser.parse_args(argv)
     export_timeout_s = 5.0  # telemetry.export_timeout_s, the router's default
     load_before = ps.load_average()
-    with ps.Blackhole() as otlp_hole, ps.Blackhole() as langfuse_hole, ps.DiscardSink() as sink:
+    with ps.Blackhole() as otlp_hole, ps.Blackhole() as langfuse_hole, DiscardSink() as sink:
         telemetry_env = {
             "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
             "LANGFUSE_PUBLIC_KEY": LANGFUSE_PUBLIC,
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             "latency": latency,
             "dropped": {mode: _minus(dropped(after, app), dropped(before, app)) for mode, app in APPLICATIONS.items()},
             "blackhole_connections": {"otlp": otlp_hole.accepted, "langfuse": langfuse_hole.accepted},
-            "discard_sink_posts": sink.posts,
+            "discard_sink_received": dict(zip(("spans", "router_spans", "generations"), sink.counts(), strict=True)),
             "load_average_before": load_before,
             "load_average_after": ps.load_average(),
         }
