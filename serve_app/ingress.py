@@ -31,7 +31,8 @@ from serve_app.assemble import ChatAssembler, client_chunk, usage_chunk
 from serve_app.auth import ApiKeys
 from serve_app.backends.local import LocalBackend
 from serve_app.billing import billed_on_error, billed_usage_chunk, client_usage, cost_headers
-from serve_app.chat import ChatService, ChatStream
+from serve_app.chat import ChatService
+from serve_app.chat_stream import ChatStream
 from serve_app.config import RouterArgs
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, UpstreamError, error_body, error_headers
 from serve_app.ledger import build_ledger
