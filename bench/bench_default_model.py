@@ -23,7 +23,10 @@ the same text on every side). Per stream: TTFT (first content chunk), inter-toke
 (tokens - 1)) and output tokens/s ((tokens - 1) / (total - TTFT)); per batch: aggregate output tokens/s (all
 tokens of the batch over its wall time). Every thread of the direct servers runs at Ray's worker niceness.
 `--profile S` then samples the Ray side's processes with py-spy for S seconds while the router streams.
+The result goes to bench/results/default-model.json and its table (bench/report.py) into docs/benchmarks.md between
+the `bench:model` markers, unless `--no-docs` (`make bench` passes it and writes the table itself).
 Run: python -m bench.bench_default_model [--quick] [--rounds-c1 N] [--rounds-c8 N] [--sides a,b] [--profile S]
+     [--no-docs]
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from typing import Any
 
 import openai
 
-from bench import common
+from bench import common, report
 from bench.common import API_KEY
 from tests.support.prometheus import free_port
 
@@ -281,22 +284,7 @@ def _summary(samples: list[dict[str, float]], aggregate: list[float]) -> dict[st
     }
 
 
-def table(data: dict[str, Any]) -> str:
-    lines = [
-        "| side | c | streams | TTFT p50 | TTFT p95 | ITL p50 | ITL p95 | tok/s per stream p50 | tok/s all streams |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    for key in ("c1", "c8"):
-        for name, row in data.get(key, {}).items():
-            lines.append(
-                f"| {name} | {key[1:]} | {row['ttft_ms']['n']} | {row['ttft_ms']['p50']:.0f} ms | "
-                f"{row['ttft_ms']['p95']:.0f} ms | {row['itl_ms']['p50']:.1f} ms | {row['itl_ms']['p95']:.1f} ms | "
-                f"{row['stream_tok_s_p50']} | {row['aggregate_tok_s_mean']} |"
-            )
-    return "\n".join(lines)
-
-
-def main() -> None:
+def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds (a first look, not a figure)")
     parser.add_argument("--rounds-c1", type=int, default=25, help="streams per side at concurrency 1")
@@ -309,7 +297,13 @@ def main() -> None:
         "(model replica, router, engine core) and write each process's top functions to the results",
     )
     parser.add_argument("--sides", default=",".join(DEFAULT_SIDES), help=f"comma-separated subset of {ALL_SIDES}")
-    opts = parser.parse_args()
+    parser.add_argument("--no-docs", action="store_true", help="do not write the table into docs/benchmarks.md")
+    return parser.parse_args(argv)
+
+
+def main() -> None:
+    opts = parse_args(sys.argv[1:])
+    args = [a for a in sys.argv[1:] if a != "--no-docs"]  # the run's command, as the table's heading line quotes it
     os.environ.setdefault("HYBRID_LLM_CACHE_DIR", str(common.REPO / ".cache"))  # where RayPlatform's replicas look
     from serve_app.default_model import ensure_default_model
 
@@ -352,7 +346,9 @@ def main() -> None:
             handle = any(name.startswith("handle") for name in sides)
             data_niceness = _niceness_of("ServeReplica:llm:")
             load_before = common.load_average()
+            started = common.machine()["date"]
             data = asyncio.run(measure(sides, rounds=rounds))
+            data["args"], data["started"] = args, started
             data["load_before"], data["load_after"] = load_before, common.load_average()
             data["model_replica_niceness"] = data_niceness
             if opts.profile:
@@ -363,9 +359,12 @@ def main() -> None:
             HandleSide.close()
         for server, _ in servers:
             server.stop()
-    print(table(data))
-    path = common.write_result("default-model", {"bench": "default-model", "machine": common.machine()} | data)
-    print(f"results: {path}")
+    result = {"bench": "default-model", "machine": common.machine()} | data
+    block = report.model_block(result)
+    print(block)
+    print(f"results: {common.write_result('default-model', result)}")
+    if not opts.no_docs:
+        print(f"table written to {report.write_docs({'model': block})}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from serve_app.chat import Pricer, Tally, finished_result
+from serve_app.chat_stream import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
 from serve_app.telemetry.metrics import Instrument

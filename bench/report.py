@@ -7,7 +7,6 @@ nothing between the markers is written by hand. Ratios are to sides measured in 
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 from typing import Any
@@ -162,50 +161,100 @@ def targets_table(tel: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# bench_default_model's sides in the order the table shows them; a side the run did not have gets no row
+MODEL_SIDES = (
+    ("direct", "vLLM's own server"),
+    ("direct-stats", "vLLM's own server, engine stats on"),
+    ("ingress", "Ray Serve LLM's OpenAiIngress"),
+    ("router", "the router"),
+    ("router-notel", "the router, telemetry off"),
+    ("router-grpc", "the router, handle over gRPC"),
+    ("router-ray", "the router, handle on Ray's streaming generator"),
+    ("handle", "a DeploymentHandle stream, no HTTP"),
+    ("handle-grpc", "a DeploymentHandle stream over gRPC"),
+)
+MODEL_FIGURES = (
+    ("TTFT p50", "ttft_ms", "p50", ".0f"),
+    ("TTFT p95", "ttft_ms", "p95", ".0f"),
+    ("ITL p50", "itl_ms", "p50", ".1f"),
+)
+
+
+def _concurrencies(model: dict[str, Any]) -> list[str]:
+    """The result's concurrency blocks ("c1", "c8", ...) in increasing concurrency."""
+    keys = [k for k, v in model.items() if k[:1] == "c" and k[1:].isdigit() and isinstance(v, dict)]
+    return sorted(keys, key=lambda k: int(k[1:]))
+
+
 def model_table(model: dict[str, Any]) -> str:
+    """One row per side and concurrency of a bench_default_model result: TTFT p50/p95 and inter-token latency p50,
+    each also as a ratio to vLLM's own server (`direct`) and, for the Ray sides, to OpenAiIngress (`ingress`) of
+    the same concurrency in the same run; "-" where a side or a figure is missing."""
+    head = "| side | c | streams |"
+    for name, *_ in MODEL_FIGURES:
+        head += f" {name} | ÷ vLLM | ÷ OpenAiIngress |"
     lines = [
-        "| side | c | TTFT p50 | TTFT p95 | ITL p50 | ITL p95 | tokens/s per stream p50 | tokens/s all streams |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        head + " tokens/s per stream p50 | tokens/s all streams |",
+        "| --- " * (3 + 3 * len(MODEL_FIGURES) + 2) + "|",
     ]
-    for key in ("c1", "c8"):
-        for name, row in (model.get(key) or {}).items():
-            lines.append(
-                f"| {name} | {key[1:]} | {row['ttft_ms']['p50']:.1f} ms | {row['ttft_ms']['p95']:.1f} ms | "
-                f"{row['itl_ms']['p50']:.2f} ms | {row['itl_ms']['p95']:.2f} ms | {row['stream_tok_s_p50']} | "
-                f"{row['aggregate_tok_s_mean']} |"
-            )
-    rows = []
-    for key in ("c1", "c8"):
-        block = model.get(key) or {}
-        if {"router", "ingress", "direct"} <= set(block):
-            r, i, d = block["router"], block["ingress"], block["direct"]
-            ttft, itl = (lambda x: x["ttft_ms"]["p50"]), (lambda x: x["itl_ms"]["p50"])
-            rows.append(
-                f"| {key[1:]} | {ttft(r) - ttft(i):+.1f} ms | {ttft(r) - ttft(d):+.1f} ms | {_ratio(itl(r), itl(i))} | "
-                f"{_ratio(itl(r), itl(d))} | {_ratio(itl(i), itl(d))} |"
-            )
-    if rows:
-        lines += [
-            "",
-            "| c | router - OpenAiIngress TTFT p50 | router - vLLM TTFT p50 | router ÷ OpenAiIngress ITL p50 "
-            "| router ÷ vLLM ITL p50 | OpenAiIngress ÷ vLLM ITL p50 |",
-            "| --- | --- | --- | --- | --- | --- |",
-            *rows,
-        ]
+    labels = dict(MODEL_SIDES)
+    for key in _concurrencies(model):
+        block = model[key]
+        order = [name for name, _ in MODEL_SIDES if name in block] + [name for name in block if name not in labels]
+        for name in order:
+            row = block[name] if isinstance(block[name], dict) else {}
+            label = f"{labels[name]} (`{name}`)" if name in labels else f"`{name}`"
+            cells = [label, key[1:], _num(_get(row, "ttft_ms", "n"), "d")]
+            for _, metric, stat, fmt in MODEL_FIGURES:
+                value = _get(row, metric, stat)
+                to_ingress = _get(block, "ingress", metric, stat) if not name.startswith("direct") else None
+                cells += [
+                    "-" if value is None else f"{value:{fmt}} ms",
+                    _ratio(value, _get(block, "direct", metric, stat)),
+                    _ratio(value, to_ingress),
+                ]
+            cells += [_num(row.get("stream_tok_s_p50")), _num(row.get("aggregate_tok_s_mean"))]
+            lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def model_run_line(model: dict[str, Any]) -> str:
+    """The default-model run's command, time, machine, load and size, as its result records them."""
+    machine, args = model.get("machine") or {}, model.get("args")
+    command = (
+        "`python -m bench.bench_default_model" + "".join(f" {a}" for a in args) + "`" if args is not None else None
+    )
+    started, ended = model.get("started"), machine.get("date")
+    when = f"from {started} to {ended}" if started else f"ending {ended}"
+    rounds = model.get("rounds") or {}
+    size = ", ".join(
+        f"{n} streams per side at c=1" if key == "c1" else f"{n} batches of {key[1:]} streams per side at c={key[1:]}"
+        for key, n in rounds.items()
+    )
+    return (
+        f"Generated from a run of {command or '`bench/bench_default_model.py`'}, {when} ({machine.get('cpus')} CPUs, "
+        f"Python {machine.get('python')}, Ray {machine.get('ray')}); load average "
+        f"{_load(model.get('load_before'))} before, {_load(model.get('load_after'))} after"
+        + (f"; {size}." if size else ".")
+    )
+
+
+def model_block(model: dict[str, Any]) -> str:
+    """What goes between the `bench:model` markers."""
+    return model_run_line(model) + "\n\n" + model_table(model)
+
+
+def _load(values: Any) -> str:
+    return " ".join(str(x) for x in values) if values else "-"
 
 
 def run_line(machine: dict[str, Any], extra: str = "", data: dict[str, Any] | None = None) -> str:
     """Where and when; the 1/5/15-minute load averages before and after the phase (a shared machine)."""
     data = data or {}
-
-    def load(values: Any) -> str:
-        return " ".join(str(x) for x in values) if values else "-"
-
     return (
         f"Generated by `make bench`{extra} on {machine.get('date')} ({machine.get('cpus')} CPUs, Python "
-        f"{machine.get('python')}, Ray {machine.get('ray')}); load average {load(data.get('load_before'))} "
-        f"before, {load(data.get('load_after'))} after."
+        f"{machine.get('python')}, Ray {machine.get('ray')}); load average {_load(data.get('load_before'))} "
+        f"before, {_load(data.get('load_after'))} after."
     )
 
 
@@ -243,11 +292,8 @@ def from_results(
         blocks["telemetry"] = run_line(tel.get("machine", cloud["machine"]), quick_note, tel) + "\n\n"
         blocks["telemetry"] += telemetry_table(tel)
         blocks["telemetry-targets"] = targets_table(tel)
-    # the default-model section of the doc is bench_default_model's: its table is written there only where that
-    # section has the generated-table markers (and stands as it is when the result's format has changed)
-    if "model" in phases and model and "<!-- bench:model:begin -->" in DOC.read_text():
-        with contextlib.suppress(KeyError, TypeError):
-            blocks["model"] = run_line(model["machine"], quick_note, model) + "\n\n" + model_table(model)
+    if "model" in phases and model:
+        blocks["model"] = model_block(model)
     return blocks
 
 

@@ -47,11 +47,16 @@ def micro(quick: bool) -> dict[str, Any]:
     return data
 
 
+def model_command(quick: bool) -> list[str]:
+    """bench_default_model's command line; its table goes into the docs with the others' (from its result file),
+    so the child writes none."""
+    return [sys.executable, "-m", "bench.bench_default_model", *(["--quick"] if quick else []), "--no-docs"]
+
+
 def model(quick: bool) -> int:
     """bench_default_model in a process of its own (it starts vLLM and its own cluster); its exit status."""
     common.banner("default model: vLLM's own server, OpenAiIngress, the router")
-    args = [sys.executable, "-m", "bench.bench_default_model", *(["--quick"] if quick else [])]
-    return subprocess.run(args, cwd=common.REPO, check=False).returncode
+    return subprocess.run(model_command(quick), cwd=common.REPO, check=False).returncode
 
 
 def phases_from(value: str | None) -> tuple[str, ...]:
@@ -90,6 +95,7 @@ def main() -> None:
                 print(f"  profile: {bench_router_telemetry.profile(s)}")
     if "model" in phases and model(opts.quick) != 0:
         print("the default-model phase failed; its table is left as it was", file=sys.stderr)
+        phases = tuple(p for p in phases if p != "model")  # not rewritten from an older run's result
     blocks = report.from_results(" --quick" if opts.quick else "", phases, proxy=opts.proxy)
     for name, body in blocks.items():
         print(f"\n[{name}]\n{body}")

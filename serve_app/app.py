@@ -22,7 +22,7 @@ LOCAL_MODEL_ENV = "LOCAL_MODEL"
 def build_app(args: dict[str, Any]) -> Application:
     """The router application: the HTTP ingress that routes between the local model and Anthropic."""
     router_args = RouterArgs.model_validate(args)
-    from serve_app.ingress import RouterDeployment
+    from serve_app.router_deployment import RouterDeployment
 
     return RouterDeployment.options(**router_args.deployment).bind(router_args)
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from serve_app.assemble import usage_chunk
-from serve_app.chat import ChatStream
+from serve_app.chat_stream import ChatStream
 from serve_app.errors import RouterError
 from serve_app.sse import encode_data
 

@@ -1,4 +1,4 @@
-"""The router's HTTP edge and its Serve deployment: parse, call the chat service, render JSON or SSE.
+"""The router's HTTP edge, a FastAPI app without Ray: parse, call the chat service, render JSON or SSE.
 
 Handlers only translate types: bytes to a validated request, a `ChatStream` (held in `async with`, which ends
 it) to a JSON body or an SSE stream, a `RouterError` to an OpenAI error body with its status. Up to the first
@@ -8,14 +8,10 @@ a silent cut.
 
 from __future__ import annotations
 
-import asyncio
-import gc
 import json
 import logging
-import os
 import re
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -23,18 +19,15 @@ from fastapi import FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
-from ray import serve
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware import Middleware
 
 from serve_app.assemble import ChatAssembler, client_chunk, usage_chunk
 from serve_app.auth import ApiKeys
-from serve_app.backends.local import LocalBackend
 from serve_app.billing import billed_on_error, billed_usage_chunk, client_usage, cost_headers
-from serve_app.chat import ChatService, ChatStream
-from serve_app.config import RouterArgs
+from serve_app.chat import ChatService
+from serve_app.chat_stream import ChatStream
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, UpstreamError, error_body, error_headers
-from serve_app.ledger import build_ledger
 from serve_app.messages_api import (
     MESSAGES_REQUEST_SCHEMA,
     error_event,
@@ -47,14 +40,8 @@ from serve_app.messages_api import (
 )
 from serve_app.protocol import ChatCompletionRequest, OpenAIBaseModel
 from serve_app.sse import DONE, encode_data, encode_event
-from serve_app.telemetry import Telemetry
-from serve_app.telemetry.metrics import RayMetricsSink
-from serve_app.tenancy import Tenancy
 
 logger = logging.getLogger(__name__)
-
-# Ray drops a gauge not set again within two metric exports (2 s at the shortest interval): stay below that.
-_READINESS_PERIOD_S = 1.0
 
 
 def create_app(
@@ -73,7 +60,7 @@ def create_app(
     """
     # The schema is served below, behind a key: it maps the attack surface.
     app = FastAPI(title="hybrid-llm router", docs_url=None, redoc_url=None, openapi_url=None)
-    request_id_of = request_id_of or _header_request_id
+    request_id_of = request_id_of or header_request_id
 
     def _error_response(exc: RouterError, request: Request) -> JSONResponse:
         headers = error_headers(exc) | (_id_header(request) if echo_request_id else {})
@@ -356,17 +343,8 @@ def _id_header(request: Request) -> dict[str, str]:
     return {"X-Request-Id": request_id} if request_id else {}
 
 
-def _header_request_id(request: Request) -> str:
+def header_request_id(request: Request) -> str:
     return valid_request_id(request.headers.get("x-request-id"))
-
-
-def _serve_request_id(request: Request) -> str:
-    """The id Serve gave this request: the client's X-Request-Id if it is a valid id, else a server-made one."""
-    try:
-        request_id = serve.context._get_serve_request_context().request_id
-    except Exception:
-        request_id = ""
-    return valid_request_id(request_id) if request_id else _header_request_id(request)
 
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,128}")
@@ -403,72 +381,3 @@ def serve_http_middlewares() -> list[Middleware]:
     """Ray Serve's HTTP proxy callback (`RAY_SERVE_HTTP_PROXY_CALLBACK_IMPORT_PATH`, set in the router's
     runtime_env): middlewares for the replica's HTTP server, outermost last, so this guard runs first."""
     return [Middleware(RequestIdGuard)]
-
-
-@serve.deployment(name="Router")
-@serve.ingress()
-class RouterDeployment:
-    """One router replica: its backends, its telemetry, and a background task that keeps readiness gauges fresh."""
-
-    async def __init__(self, args: RouterArgs) -> None:
-        self._args = args
-        local = LocalBackend(args.local, args.routing)
-        telemetry = Telemetry.from_args(args)
-        backends: dict[str, Any] = {"local": local}
-        if args.cloud.enabled:
-            from serve_app.backends.anthropic import AnthropicBackend
-
-            backends["cloud"] = AnthropicBackend(args.cloud, tracer_provider=telemetry.client_tracer_provider)
-        self._keys = ApiKeys.load(args.auth)
-        self._tenancy = Tenancy(
-            args, ledger=build_ledger(args.tenants.ledger), metrics=RayMetricsSink(), file_limits=self._keys.file_limits
-        )
-        self._tenancy.start()
-        self._service = ChatService(
-            args, backends=backends, telemetry=telemetry, local_rate=local.usd_per_token, tenancy=self._tenancy
-        )
-        self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())
-
-    def __serve_build_asgi_app__(self) -> FastAPI:
-        return create_app(
-            self._service,
-            keys=self._keys,
-            max_request_bytes=self._args.max_request_bytes,
-            request_id_of=_serve_request_id,
-            echo_request_id=False,
-            cloud_standin=os.environ.get("HYBRID_LLM_CLOUD_STANDIN") == "1",
-        )
-
-    async def _refresh_readiness(self) -> None:
-        while True:
-            try:
-                self._service.readiness()
-            except Exception:
-                logger.debug("readiness refresh failed", exc_info=True)
-            await asyncio.sleep(_READINESS_PERIOD_S)
-
-    async def debug_counts(self, top_types: int = 0) -> dict[str, Any]:
-        """The replica's asyncio tasks, Python objects tracked by the GC (and the `top_types` most common types) and
-        PID, for a leak check (bench/soak.py). Reached only through a DeploymentHandle (no HTTP route maps to it) and
-        only with `debug_introspection` on in the router's args. Walking the GC's objects takes the loop a few ms."""
-        if not self._args.debug_introspection:
-            raise PermissionError("debug_introspection is off in the router's args")
-        objects = gc.get_objects()
-        counts: dict[str, Any] = {"asyncio_tasks": len(asyncio.all_tasks()), "gc_objects": len(objects)}
-        if top_types:
-            counts["top_types"] = Counter(type(o).__name__ for o in objects).most_common(top_types)
-        return counts | {"pid": os.getpid()}
-
-    async def __del__(self) -> None:
-        """Serve's graceful shutdown (awaited, like Ray's own ASGI wrapper's): stops the readiness task, closes the
-        backends' upstream connections and flushes telemetry."""
-        refresher = getattr(self, "_refresher", None)
-        if refresher is not None:
-            refresher.cancel()
-        tenancy = getattr(self, "_tenancy", None)
-        if tenancy is not None:
-            await tenancy.aclose()
-        service = getattr(self, "_service", None)
-        if service is not None:
-            await service.aclose()
-            service.telemetry.shutdown()

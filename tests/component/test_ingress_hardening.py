@@ -13,7 +13,8 @@ import pytest
 
 from serve_app.auth import ApiKeys
 from serve_app.config import AuthArgs
-from serve_app.ingress import _serve_request_id, create_app, serve_http_middlewares
+from serve_app.ingress import create_app, serve_http_middlewares
+from serve_app.router_deployment import serve_request_id
 from tests.component.fakes import API_KEY, chat_body, router_args
 
 pytestmark = pytest.mark.timeout(30)
@@ -94,7 +95,7 @@ async def test_an_invalid_request_id_is_replaced_under_serve(make_router, local,
         router.service,
         keys=ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY}),
         max_request_bytes=4096,
-        request_id_of=_serve_request_id,
+        request_id_of=serve_request_id,
         echo_request_id=False,  # Serve's middleware echoes the id it holds
     )
     transport = httpx.ASGITransport(app=_ray_replica_ingress(app))
@@ -127,7 +128,7 @@ async def test_a_valid_request_id_passes_through_serve(make_router, local):
         router.service,
         keys=ApiKeys.load(AuthArgs(), environ={"HYBRID_LLM_API_KEYS": API_KEY}),
         max_request_bytes=4096,
-        request_id_of=_serve_request_id,
+        request_id_of=serve_request_id,
         echo_request_id=False,
     )
     transport = httpx.ASGITransport(app=_ray_replica_ingress(app))

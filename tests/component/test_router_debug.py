@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 
 from serve_app.config import RouterArgs
-from serve_app.ingress import RouterDeployment
+from serve_app.router_deployment import RouterDeployment
 from tests.component.fakes import API_KEY, router_args
 from tests.unit.test_config import SERVE_CONFIGS, app_args
 

@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serve_app.chat import Pricer, Tally, finished_result
+from serve_app.chat_stream import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
 from serve_app.telemetry import InMemoryMetricsSink, Observation, Telemetry
 from serve_app.telemetry.tracing import TRACER_NAME

@@ -1,5 +1,5 @@
 """Observation: one span per request with GenAI + Langfuse attributes and metrics, recorded from the result that
-the request's owner built (the real `Tally`, `Pricer` and `finished_result` of serve_app.chat); idempotent."""
+the request's owner built (the real `Tally`, `Pricer` and `finished_result` of serve_app.chat_stream); idempotent."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 
-from serve_app.chat import Pricer, Tally, finished_result
+from serve_app.chat_stream import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
 from serve_app.errors import UpstreamOverloaded
 from serve_app.telemetry import ChatResult, InMemoryMetricsSink, Telemetry

@@ -11,7 +11,7 @@ from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from serve_app.chat import Pricer, Tally, finished_result
+from serve_app.chat_stream import Pricer, Tally, finished_result
 from serve_app.config import RouterArgs
 from serve_app.telemetry import ChatResult, InMemoryMetricsSink, Telemetry
 from serve_app.telemetry.metrics import Instrument
