@@ -1,7 +1,7 @@
 """One request's telemetry: its span (also its Langfuse generation) and metrics, recorded from a finished result.
 
 The router calls `routed()` (once, or twice on fallback) and, when the request is over, `record()` with the
-`ChatResult` that the request's owner (`chat.ChatStream`) built: usage, cost, outcome. Nothing here reads
+`ChatResult` that the request's owner (`chat_stream.ChatStream`) built: usage, cost, outcome. Nothing here reads
 chunks, prices tokens or closes streams. Every hook is guarded and a failing sink costs the response nothing but
 a count in `router_telemetry_dropped_total{sink}`.
 """
