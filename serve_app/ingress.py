@@ -45,6 +45,7 @@ from serve_app.messages_api import (
     to_chat_request,
     usage_event,
 )
+from serve_app.prompt_tokens import PromptCounter
 from serve_app.protocol import ChatCompletionRequest, OpenAIBaseModel
 from serve_app.sse import DONE, encode_data, encode_event
 from serve_app.telemetry import Telemetry
@@ -424,8 +425,14 @@ class RouterDeployment:
             args, ledger=build_ledger(args.tenants.ledger), metrics=RayMetricsSink(), file_limits=self._keys.file_limits
         )
         self._tenancy.start()
+        counter = await asyncio.to_thread(PromptCounter.load, args.routing, args.local, environ=os.environ)
         self._service = ChatService(
-            args, backends=backends, telemetry=telemetry, local_rate=local.usd_per_token, tenancy=self._tenancy
+            args,
+            backends=backends,
+            telemetry=telemetry,
+            local_rate=local.usd_per_token,
+            tenancy=self._tenancy,
+            prompt_counter=counter,
         )
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())
 
