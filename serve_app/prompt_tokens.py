@@ -14,6 +14,7 @@ import asyncio
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -205,18 +206,21 @@ class PromptCounter:
         self._environ = dict(environ or {})
         self._clock = clock
         self._next_try = 0.0
-        self._loading = False
+        self._loading = threading.Lock()  # held while a load runs (in a worker thread)
         self._warned = False
         self._detail = "routing.tokenizer is not set" if tokenizer is None else ""
         self.exact_counts = 0  # prompts the tokenizer counted (the band's traffic), for /readyz
 
     @classmethod
     def load(cls, policy: RoutingPolicy, local: LocalBackendArgs, *, environ: Mapping[str, str]) -> PromptCounter:
-        """The counter of a router replica: with the tokenizer `policy.tokenizer` names when it is on this machine."""
+        """The counter of a router replica: with the tokenizer `policy.tokenizer` names when it is on this machine.
+        Reads files here and now: call it off the event loop."""
         counter = cls(policy, local, environ=environ)
         if policy.tokenizer is None:
             logger.info("prompt counts: the cheap estimate only (routing.tokenizer is not set)")
-        counter.refresh()
+        else:
+            counter._next_try = counter._clock() + RETRY_S
+            counter._try_load()
         return counter
 
     @property
@@ -248,19 +252,24 @@ class PromptCounter:
     def refresh(self) -> None:
         """Looks for a configured tokenizer not loaded yet (at most every RETRY_S); loads it off the event loop when
         one runs. Called at start and by readiness checks."""
-        if self._tokenizer is not None or self._policy.tokenizer is None or self._loading:
+        if self._tokenizer is not None or self._policy.tokenizer is None:
             return
         now = self._clock()
-        if now < self._next_try:
+        if now < self._next_try or not self._loading.acquire(blocking=False):  # due, and no load under way
             return
         self._next_try = now + RETRY_S
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self._try_load()
+            self._load_once()
             return
-        self._loading = True
-        loop.run_in_executor(None, self._try_load).add_done_callback(lambda _: setattr(self, "_loading", False))
+        loop.run_in_executor(None, self._load_once)
+
+    def _load_once(self) -> None:
+        try:
+            self._try_load()
+        finally:
+            self._loading.release()
 
     def _try_load(self) -> None:
         setting = self._policy.tokenizer
