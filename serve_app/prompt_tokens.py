@@ -197,25 +197,36 @@ class PromptCounter:
         local: LocalBackendArgs,
         *,
         tokenizer: LocalTokenizer | None = None,
+        looks_for: str | None = None,
         environ: Mapping[str, str] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`looks_for`: the `routing.tokenizer` setting `refresh` keeps looking for while `tokenizer` is None;
+        without it (and without a tokenizer) the counter is the cheap estimate only."""
         self._policy = policy
         self._local = local
         self._tokenizer = tokenizer
+        self._looks_for = looks_for
         self._environ = dict(environ or {})
         self._clock = clock
         self._next_try = 0.0
         self._loading = threading.Lock()  # held while a load runs (in a worker thread)
         self._warned = False
-        self._detail = "routing.tokenizer is not set" if tokenizer is None else ""
+        self._detail = "routing.tokenizer is not set" if tokenizer is None and looks_for is None else ""
         self.exact_counts = 0  # prompts the tokenizer counted (the band's traffic), for /readyz
 
     @classmethod
-    def load(cls, policy: RoutingPolicy, local: LocalBackendArgs, *, environ: Mapping[str, str]) -> PromptCounter:
-        """The counter of a router replica: with the tokenizer `policy.tokenizer` names when it is on this machine.
-        Reads files here and now: call it off the event loop."""
-        counter = cls(policy, local, environ=environ)
+    def load(
+        cls,
+        policy: RoutingPolicy,
+        local: LocalBackendArgs,
+        *,
+        environ: Mapping[str, str],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> PromptCounter:
+        """The counter of a router replica: with the tokenizer `policy.tokenizer` names when it is on this machine
+        (else it keeps looking). Reads files here and now: call it off the event loop."""
+        counter = cls(policy, local, looks_for=policy.tokenizer, environ=environ, clock=clock)
         if policy.tokenizer is None:
             logger.info("prompt counts: the cheap estimate only (routing.tokenizer is not set)")
         else:
@@ -235,7 +246,7 @@ class PromptCounter:
             return estimate
         texts = [text for text in prompt_texts(request) if text]
         messages = len(request.messages)
-        opens_with_system = request.messages[0].role in ("system", "developer")
+        opens_with_system = request.messages[0].role == "system"  # templates test for `system` (not `developer`)
         overhead = local.overhead.tokens(messages=messages, opens_with_system=opens_with_system)
         byte_bound = overhead + sum(_utf8_len(t) + 1 for t in texts)
         budget = local_prompt_budget(output_tokens=request.output_budget, policy=self._policy, local=self._local)
@@ -252,7 +263,7 @@ class PromptCounter:
     def refresh(self) -> None:
         """Looks for a configured tokenizer not loaded yet (at most every RETRY_S); loads it off the event loop when
         one runs. Called at start and by readiness checks."""
-        if self._tokenizer is not None or self._policy.tokenizer is None:
+        if self._tokenizer is not None or self._looks_for is None:
             return
         now = self._clock()
         if now < self._next_try or not self._loading.acquire(blocking=False):  # due, and no load under way
@@ -272,7 +283,7 @@ class PromptCounter:
             self._loading.release()
 
     def _try_load(self) -> None:
-        setting = self._policy.tokenizer
+        setting = self._looks_for
         assert setting is not None
         path = tokenizer_path(setting, self._environ)
         if path is None:

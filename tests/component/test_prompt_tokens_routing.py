@@ -167,8 +167,7 @@ async def test_prompt_tokens_without_a_tokenizer_are_the_estimate_and_route_as_b
 def test_prompt_tokens_find_a_tokenizer_that_appears_later(smoke_dir: Path, tmp_path: Path) -> None:
     now = [0.0]
     args = smoke_args(str(tmp_path / "model"))
-    counter = PromptCounter(args.routing, args.local, environ={}, clock=lambda: now[0])
-    counter.refresh()
+    counter = PromptCounter.load(args.routing, args.local, environ={}, clock=lambda: now[0])
     assert not counter.exact
     shutil.copytree(smoke_dir, tmp_path / "model")  # the model application finished building it
     counter.refresh()
@@ -196,7 +195,7 @@ async def test_prompt_tokens_readiness_checks_load_a_late_tokenizer_off_the_even
 ) -> None:
     now = [0.0]
     args = smoke_args(str(tmp_path / "model"))
-    counter = PromptCounter(args.routing, args.local, environ={}, clock=lambda: now[0])
+    counter = PromptCounter.load(args.routing, args.local, environ={}, clock=lambda: now[0])
     client = make_router(args=args, prompt_counter=counter).client()
     assert (await client.get("/readyz")).json()["prompt_tokens"]["counter"] == "estimate"
     shutil.copytree(smoke_dir, tmp_path / "model")
@@ -207,3 +206,32 @@ async def test_prompt_tokens_readiness_checks_load_a_late_tokenizer_off_the_even
             break
         await asyncio.sleep(0.1)
     assert status["counter"] == "tokenizer" and status["tokenizer"].endswith("tokenizer.json")
+
+
+DEFAULT_SYSTEM_TEMPLATE = (  # SmolLM2's and Qwen2.5's shape: a default system prompt unless the first message is one
+    "{% for m in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|system|>You are a helpful assistant for the router tests.<|eot|>' }}{% endif %}"
+    "{{ '<|' + m['role'] + '|>' + m['content'] + '<|eot|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="module")
+def default_system_dir(smoke_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The smoke tokenizer with a template that adds a default system prompt."""
+    target = tmp_path_factory.mktemp("default-system") / "model"
+    shutil.copytree(smoke_dir, target)
+    (target / "chat_template.jinja").write_text(DEFAULT_SYSTEM_TEMPLATE)
+    return target
+
+
+@pytest.mark.parametrize("first", ["user", "system", "developer"])
+async def test_prompt_tokens_count_a_default_system_prompt_unless_a_system_message_replaces_it(
+    default_system_dir: Path, first: str
+) -> None:
+    messages = [{"role": first, "content": "Be brief."}, {"role": "user", "content": RARE * 8}]
+    args = smoke_args(str(default_system_dir))
+    counter = counter_for(args)
+    request = ChatCompletionRequest.model_validate({"model": "auto", "messages": messages})
+    assert await counter.prompt_tokens(request) == engine_count(default_system_dir, messages)
+    assert counter.exact_counts == 1
