@@ -42,7 +42,7 @@ def test_prompt_length_router_counts_with_the_local_models_tokenizer(counting):
 
 
 def test_prompt_length_auto_sends_a_prompt_the_engine_rejects_to_the_cloud_up_front(platform, counting):
-    text = RARE * 10  # the cheap estimate: 153 tokens of a 384 budget; the smoke tokenizer: over the 512 window
+    text = RARE * 14  # the cheap estimate: 212 tokens of a 384 budget; the smoke tokenizer: over the 512 window
     assert _engine_count(text) > 512
     messages = [{"role": "user", "content": text}]
     # The premise, from the engine itself: pinned to it, the prompt fails there and the cloud answers.
