@@ -1,7 +1,7 @@
 """Prompt token counts for routing: the cheap estimate, made exact with the local model's tokenizer near the limit.
 
 The cheap estimate (`routing.estimate_prompt_tokens`) is the fast path. Only where it cannot tell whether an `auto`
-request fits the local model (`count_plan`) does the tokenizer count: the message text exactly, plus what the chat
+request fits the local model (`routing.count_plan`) does the tokenizer count: the message text exactly, plus what the chat
 template adds per conversation and per message, measured once when the tokenizer loads by rendering the template
 around probe messages. Loading reads files (once per replica; retried while they are absent, as the model
 application may still be building them); counting runs in a worker thread (the tokenizer releases the GIL for a
@@ -20,11 +20,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from serve_app.config import LocalBackendArgs, RoutingPolicy
 from serve_app.protocol import ChatCompletionRequest
-from serve_app.routing import estimate_prompt_tokens, local_prompt_budget, prompt_texts
+from serve_app.routing import count_plan, estimate_prompt_tokens, local_prompt_budget, prompt_texts
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +37,6 @@ LOCAL_MODEL_ENV = "LOCAL_MODEL"
 SMOKE_MODEL_DIR = "smoke-model-v1"
 DEFAULT_MODEL_DIR = "smollm2-135m-instruct-v1"
 _PROBE = "Hello"
-
-Plan = Literal["estimate", "exact"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,18 +53,6 @@ class TemplateOverhead:
 
 
 UNMEASURED = TemplateOverhead(fixed=0, per_message=4, fixed_after_system=0, measured=False)
-
-
-def count_plan(*, estimate: int, byte_bound: int, budget: int, policy: RoutingPolicy) -> Plan:
-    """Whether the tokenizer must count a prompt whose cheap estimate is `estimate` and that cannot exceed
-    `byte_bound` tokens (one per UTF-8 byte), against the local prompt `budget`; pure."""
-    if estimate > policy.exact_count_above * budget:
-        return "estimate"  # too long whatever the exact count says
-    if byte_bound <= budget:
-        return "estimate"  # fits whatever the exact count says
-    if policy.exact_count_below is not None and estimate < policy.exact_count_below * budget:
-        return "estimate"  # the configured band says: fits
-    return "exact"
 
 
 @dataclass(frozen=True)
@@ -189,7 +175,7 @@ def _utf8_len(text: str) -> int:
 
 
 class PromptCounter:
-    """One replica's prompt counts: the cheap estimate, and the tokenizer's count where `count_plan` asks for it."""
+    """One replica's prompt counts: the cheap estimate, and the tokenizer's count where `routing.count_plan` asks for it."""
 
     def __init__(
         self,

@@ -16,6 +16,7 @@ from serve_app.errors import ModelNotFound, NoBackendAvailable
 from serve_app.protocol import ChatCompletionRequest, ImagePart
 
 BackendName = Literal["local", "cloud"]
+CountPlan = Literal["estimate", "exact"]  # how a prompt is counted: the cheap estimate, or the local tokenizer
 ALIASES = ("auto", "local", "cloud", "claude")  # `claude` is another name for `cloud`
 CLOUD_ALIASES = ("cloud", "claude")
 _MESSAGE_OVERHEAD_TOKENS = 4
@@ -224,6 +225,18 @@ def local_prompt_budget(*, output_tokens: int | None, policy: RoutingPolicy, loc
         return policy.max_local_prompt_tokens
     output = output_tokens if output_tokens is not None else policy.default_local_output_tokens
     return max(1, local.context_window - min(output, _max_local_output(policy, local)))
+
+
+def count_plan(*, estimate: int, byte_bound: int, budget: int, policy: RoutingPolicy) -> CountPlan:
+    """Whether the tokenizer must count a prompt whose cheap estimate is `estimate` and that cannot exceed
+    `byte_bound` tokens (one per UTF-8 byte), against the local prompt `budget`; pure."""
+    if estimate > policy.exact_count_above * budget:
+        return "estimate"  # too long whatever the exact count says
+    if byte_bound <= budget:
+        return "estimate"  # fits whatever the exact count says
+    if policy.exact_count_below is not None and estimate < policy.exact_count_below * budget:
+        return "estimate"  # the configured band says: fits
+    return "exact"
 
 
 def _matches(rule: RoutingRule, route: RouteInput) -> bool:

@@ -8,14 +8,8 @@ import pytest
 
 from serve_app import default_model, smoke_model
 from serve_app.config import LocalBackendArgs, RoutingPolicy
-from serve_app.prompt_tokens import (
-    DEFAULT_MODEL_DIR,
-    SMOKE_MODEL_DIR,
-    count_plan,
-    measure_overhead,
-    tokenizer_path,
-)
-from serve_app.routing import local_prompt_budget
+from serve_app.prompt_tokens import DEFAULT_MODEL_DIR, SMOKE_MODEL_DIR, measure_overhead, tokenizer_path
+from serve_app.routing import count_plan, local_prompt_budget
 
 POLICY = RoutingPolicy()
 
