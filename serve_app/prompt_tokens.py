@@ -1,9 +1,9 @@
 """Prompt token counts for routing: the cheap estimate, made exact with the local model's tokenizer near the limit.
 
 The cheap estimate (`routing.estimate_prompt_tokens`) is the fast path. Only where it cannot tell whether an `auto`
-request fits the local model (`routing.count_plan`) does the tokenizer count: the message text exactly, plus what the chat
-template adds per conversation and per message, measured once when the tokenizer loads by rendering the template
-around probe messages. Loading reads files (once per replica; retried while they are absent, as the model
+request fits the local model (`routing.count_plan`) does the tokenizer count: the message text exactly, plus what
+the chat template adds per conversation and per message, measured once when the tokenizer loads by rendering the
+template around probe messages. Loading reads files (once per replica; retried while they are absent, as the model
 application may still be building them); counting runs in a worker thread (the tokenizer releases the GIL for a
 batch), so the event loop never waits for it. Without a tokenizer every count is the cheap estimate.
 """
@@ -175,7 +175,7 @@ def _utf8_len(text: str) -> int:
 
 
 class PromptCounter:
-    """One replica's prompt counts: the cheap estimate, and the tokenizer's count where `routing.count_plan` asks for it."""
+    """One replica's prompt counts: the cheap estimate, and the tokenizer's where `routing.count_plan` asks for it."""
 
     def __init__(
         self,
