@@ -17,6 +17,7 @@ from serve_app.backends.base import Backend
 from serve_app.chat_stream import ChatStream, LocalRate, Pricer, Tally, close_upstream, finished_result, settle
 from serve_app.config import DEFAULT_TENANT, RouterArgs
 from serve_app.errors import UpstreamError, UpstreamUnavailable
+from serve_app.prompt_tokens import PromptCounter
 from serve_app.protocol import ChatCompletionRequest, ModelCard, ModelList
 from serve_app.routing import (
     ALIASES,
@@ -24,7 +25,6 @@ from serve_app.routing import (
     RouteDecision,
     RouteInput,
     decide,
-    estimate_prompt_tokens,
     prompt_chars,
     request_has_images,
 )
@@ -47,8 +47,10 @@ class ChatService:
         telemetry: Telemetry,
         local_rate: LocalRate | None = None,
         tenancy: Tenancy | None = None,
+        prompt_counter: PromptCounter | None = None,
     ) -> None:
         self._args = args
+        self._prompt_counter = prompt_counter or PromptCounter(args.routing, args.local)  # default: estimate only
         self._tenancy = tenancy  # None: no limits (tenants are still named in telemetry)
         self._pricer = Pricer(args, local_rate)
         self._backends = dict(backends)
@@ -83,7 +85,9 @@ class ChatService:
             state = backend.state()
             self._telemetry.set_backend_state(name, ready=state.ready, inflight=state.inflight)
             backends[name] = {"ready": state.ready, "inflight": state.inflight, "detail": state.detail}
-        return {"ready": any(b["ready"] for b in backends.values()), "backends": backends}
+        self._prompt_counter.refresh()
+        ready = any(b["ready"] for b in backends.values())
+        return {"ready": ready, "backends": backends, "prompt_tokens": self._prompt_counter.status()}
 
     def route_input(self, request: ChatCompletionRequest, *, prompt_tokens: int) -> RouteInput:
         """What the policy sees of `request`, with the backends' state right now."""
@@ -113,7 +117,7 @@ class ChatService:
     ) -> ChatStream:
         """Routes and starts the request; raises a RouterError when no backend produced a first chunk. `api` names
         the wire format the client used (`openai` or `anthropic`), for the request log; `tenant` owns the key."""
-        prompt_tokens = estimate_prompt_tokens(request, chars_per_token=self._args.routing.chars_per_token)
+        prompt_tokens = await self._prompt_counter.prompt_tokens(request)
         observation = self._telemetry.begin(
             request_id=request_id,
             headers=headers,

@@ -101,6 +101,27 @@ class RoutingPolicy(_Args):
         default=256, ge=1, description="Output budget assumed when a local-bound request gives none."
     )
     chars_per_token: float = Field(default=3.5, gt=0, description="Cheap prompt-length estimate, characters per token.")
+    tokenizer: str | None = Field(
+        default=None,
+        description="The local model's tokenizer, for exact prompt counts near the local limit: a directory with "
+        "tokenizer.json (or the file), a Hugging Face id found in this machine's HF cache, or `auto` (the model "
+        "LOCAL_MODEL selects, as the local profile's model application resolves it, when its files are on the "
+        "router's machine). Null, or not found: the cheap estimate only (said once in the log and in /readyz).",
+    )
+    exact_count_above: float = Field(
+        default=2.0,
+        ge=1,
+        description="A cheap estimate above this multiple of the local prompt budget is too long without an exact "
+        "count (the upper edge of the band where the tokenizer counts).",
+    )
+    exact_count_below: float | None = Field(
+        default=None,
+        gt=0,
+        le=1,
+        description="The lower edge of that band, as a multiple of the budget: below it the cheap estimate decides. "
+        "Null: the tokenizer counts unless even one token per UTF-8 byte fits the budget (never lets a prompt "
+        "through that is too long; costs more counts where the window is small).",
+    )
     local_tools: bool = Field(
         default=False, description="The local engine parses tool calls (vLLM tool_call_parser); else tools go cloud."
     )

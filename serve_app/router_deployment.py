@@ -23,6 +23,7 @@ from serve_app.chat import ChatService
 from serve_app.config import RouterArgs
 from serve_app.ingress import create_app, header_request_id, valid_request_id
 from serve_app.ledger import build_ledger
+from serve_app.prompt_tokens import PromptCounter
 from serve_app.telemetry import Telemetry
 from serve_app.telemetry.metrics import RayMetricsSink
 from serve_app.tenancy import Tenancy
@@ -61,8 +62,14 @@ class RouterDeployment:
             args, ledger=build_ledger(args.tenants.ledger), metrics=RayMetricsSink(), file_limits=self._keys.file_limits
         )
         self._tenancy.start()
+        counter = await asyncio.to_thread(PromptCounter.load, args.routing, args.local, environ=os.environ)
         self._service = ChatService(
-            args, backends=backends, telemetry=telemetry, local_rate=local.usd_per_token, tenancy=self._tenancy
+            args,
+            backends=backends,
+            telemetry=telemetry,
+            local_rate=local.usd_per_token,
+            tenancy=self._tenancy,
+            prompt_counter=counter,
         )
         self._refresher = asyncio.get_running_loop().create_task(self._refresh_readiness())
 

@@ -6,6 +6,7 @@ a unit test, and the reason it returns is one of a closed set that metrics, span
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -15,6 +16,7 @@ from serve_app.errors import ModelNotFound, NoBackendAvailable
 from serve_app.protocol import ChatCompletionRequest, ImagePart
 
 BackendName = Literal["local", "cloud"]
+CountPlan = Literal["estimate", "exact"]  # how a prompt is counted: the cheap estimate, or the local tokenizer
 ALIASES = ("auto", "local", "cloud", "claude")  # `claude` is another name for `cloud`
 CLOUD_ALIASES = ("cloud", "claude")
 _MESSAGE_OVERHEAD_TOKENS = 4
@@ -205,14 +207,36 @@ def _local_unsuitable(route: RouteInput, policy: RoutingPolicy, local: LocalBack
         return RouteReason.HAS_IMAGES.value
     if route.has_tools and not policy.local_tools:
         return RouteReason.HAS_TOOLS.value
-    max_output = policy.max_local_output_tokens or max(1, local.context_window // 2)
-    output = route.output_tokens if route.output_tokens is not None else policy.default_local_output_tokens
-    if route.output_tokens is not None and route.output_tokens > max_output:
+    if route.output_tokens is not None and route.output_tokens > _max_local_output(policy, local):
         return RouteReason.OUTPUT_TOO_LONG.value
-    max_prompt = policy.max_local_prompt_tokens or max(1, local.context_window - min(output, max_output))
-    if route.prompt_tokens > max_prompt:
+    if route.prompt_tokens > local_prompt_budget(output_tokens=route.output_tokens, policy=policy, local=local):
         return RouteReason.PROMPT_TOO_LONG.value
     return None
+
+
+def _max_local_output(policy: RoutingPolicy, local: LocalBackendArgs) -> int:
+    return policy.max_local_output_tokens or max(1, local.context_window // 2)
+
+
+def local_prompt_budget(*, output_tokens: int | None, policy: RoutingPolicy, local: LocalBackendArgs) -> int:
+    """The longest prompt (in tokens) `auto` sends to the local model: `max_local_prompt_tokens`, else the context
+    window minus the output budget (the client's, else the default one; at most the largest local output)."""
+    if policy.max_local_prompt_tokens:
+        return policy.max_local_prompt_tokens
+    output = output_tokens if output_tokens is not None else policy.default_local_output_tokens
+    return max(1, local.context_window - min(output, _max_local_output(policy, local)))
+
+
+def count_plan(*, estimate: int, byte_bound: int, budget: int, policy: RoutingPolicy) -> CountPlan:
+    """Whether the tokenizer must count a prompt whose cheap estimate is `estimate` and that cannot exceed
+    `byte_bound` tokens (one per UTF-8 byte), against the local prompt `budget`; pure."""
+    if estimate > policy.exact_count_above * budget:
+        return "estimate"  # too long whatever the exact count says
+    if byte_bound <= budget:
+        return "estimate"  # fits whatever the exact count says
+    if policy.exact_count_below is not None and estimate < policy.exact_count_below * budget:
+        return "estimate"  # the configured band says: fits
+    return "exact"
 
 
 def _matches(rule: RoutingRule, route: RouteInput) -> bool:
@@ -232,17 +256,24 @@ def estimate_prompt_tokens(request: ChatCompletionRequest, *, chars_per_token: f
 
 def prompt_chars(request: ChatCompletionRequest) -> int:
     """The characters the prompt estimate counts: message text, tool calls and tool definitions, not images."""
-    chars = 0
+    return sum(len(text) for text in prompt_texts(request))
+
+
+def prompt_texts(request: ChatCompletionRequest) -> Iterator[str]:
+    """Every piece of text the prompt is made of, in order: message text (each text part), tool calls' names and
+    arguments, tool definitions (name, description, parameters); not images, roles or the chat template."""
     for message in request.messages:
         if isinstance(message.content, str):
-            chars += len(message.content)
+            yield message.content
         elif message.content:
-            chars += sum(len(part.text) for part in message.content if not isinstance(part, ImagePart))
+            yield from (part.text for part in message.content if not isinstance(part, ImagePart))
         for call in message.tool_calls or ():
-            chars += len(call.function.name) + len(call.function.arguments)
+            yield call.function.name
+            yield call.function.arguments
     for tool in request.tools or ():
-        chars += len(tool.function.name) + len(tool.function.description or "") + len(str(tool.function.parameters))
-    return chars
+        yield tool.function.name
+        yield tool.function.description or ""
+        yield str(tool.function.parameters)
 
 
 def request_has_images(request: ChatCompletionRequest) -> bool:

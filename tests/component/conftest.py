@@ -21,6 +21,7 @@ from serve_app.chat import ChatService
 from serve_app.config import AuthArgs, RouterArgs
 from serve_app.ingress import create_app
 from serve_app.ledger import LedgerCore, ProcessLedger
+from serve_app.prompt_tokens import PromptCounter
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
 from serve_app.tenancy import Tenancy
 from tests.component.fakes import API_KEY, FakeBackend, cloud_backend, local_backend, router_args
@@ -74,6 +75,7 @@ def build_router(
     local_rate: Callable[[], float | None] | None = None,
     tenancy: bool = False,
     clock: Callable[[], float] | None = None,
+    prompt_counter: PromptCounter | None = None,
 ) -> Router:
     """`cloud=True`: a ready FakeBackend; `cloud=None`: no cloud backend; else the given backend. `tenancy`: tenant
     limits enforced with the in-process ledger (its clock: `clock`)."""
@@ -94,7 +96,14 @@ def build_router(
         extra = {"clock": clock} if clock else {}
         ledger = ProcessLedger(LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, **extra))
         tenants = Tenancy(args, ledger=ledger, metrics=metrics, file_limits=keys.file_limits, **extra)
-    service = ChatService(args, backends=backends, telemetry=telemetry, local_rate=local_rate, tenancy=tenants)
+    service = ChatService(
+        args,
+        backends=backends,
+        telemetry=telemetry,
+        local_rate=local_rate,
+        tenancy=tenants,
+        prompt_counter=prompt_counter,
+    )
     app = create_app(service, keys=keys, max_request_bytes=args.max_request_bytes, cloud_standin=cloud_standin)
     return Router(app, service, telemetry, metrics, exporter, local, cloud_backend_, tenants)
 

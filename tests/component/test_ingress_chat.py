@@ -220,6 +220,7 @@ async def test_ingress_readyz_reports_each_backend(router, local):
             "local": {"ready": True, "inflight": 3, "detail": "LLMServer RUNNING"},
             "cloud": {"ready": True, "inflight": 0, "detail": "fake"},
         },
+        "prompt_tokens": {"counter": "estimate", "detail": "routing.tokenizer is not set"},
     }
     assert router.metrics.gauge("router_backend_ready", backend="local") == 1
 
