@@ -79,7 +79,11 @@ def span_record(span: ReadableSpan) -> Record:
     )
 
 
-def _bounded_attrs(values: dict[str, Any], dropped: int) -> BoundedAttributes:
+def _bounded_attrs(values: dict[str, Any], dropped: int) -> Mapping[str, Any]:
+    """The attributes as the encoder reads them; a plain dict unless some were dropped (the count rides on a
+    BoundedAttributes, whose construction would validate every value a second time)."""
+    if not dropped:
+        return values
     bounded = BoundedAttributes(attributes=values, immutable=True, max_value_len=None)
     bounded.dropped = dropped
     return bounded
