@@ -22,7 +22,6 @@ Run: python -m bench.bench_router_cpu [--requests 500] [--batches 5]
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import gc
@@ -57,7 +56,7 @@ PRICING = {
 }
 
 
-class _NullMetrics:
+class NullMetrics:
     def register(self, instruments: Iterable[Instrument]) -> None:
         pass
 
@@ -74,7 +73,7 @@ def _router_app(upstream: str, transport: str) -> tuple[FastAPI, AnthropicBacken
             "pricing": PRICING,
         }
     )
-    telemetry = Telemetry.from_args(args, meter=_NullMetrics(), langfuse=False, environ={})
+    telemetry = Telemetry.from_args(args, meter=NullMetrics(), langfuse=False, environ={})
     cloud = AnthropicBackend(args.cloud, api_key=common.ANTHROPIC_KEY)
     service = ChatService(args, backends={"local": local_backend(), "cloud": cloud}, telemetry=telemetry)
     return create_app(service, keys=ApiKeys.load(args.auth), max_request_bytes=args.max_request_bytes), cloud
@@ -219,12 +218,7 @@ def run(*, quick: bool = False, requests: int | None = None, batches: int | None
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--requests", type=int)
-    parser.add_argument("--batches", type=int)
-    opts = parser.parse_args()
-    run(quick=opts.quick, requests=opts.requests, batches=opts.batches)
+    common.run_sized(run, __doc__)
 
 
 if __name__ == "__main__":

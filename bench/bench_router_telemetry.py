@@ -5,7 +5,8 @@ upstream that answers at once, so nothing else dominates), each a variant of the
 
     off      /notel        tracing and Langfuse off (Ray metrics stay on in every variant: they cannot be off)
     otlp     (the router)  OTLP only, as deployed: the OTel Collector forwards the router's spans to Langfuse
-                           (observability/values/opentelemetry-collector.yaml)
+                           (observability/values/opentelemetry-collector.yaml); encoded in the export process
+    thread   /thread       the same, encoded in the replica's own export thread (`export_process: false`)
     direct   /langfuse-direct  OTLP and Langfuse's OTLP endpoint, both on the sink: two exports per span, the
                            setup without a Collector (the Langfuse SDK's own processor and exporter)
     client   /client-spans OTLP only, plus the Anthropic HTTP client span (the Tempo service-graph setup)
@@ -43,12 +44,15 @@ from bench.bench_cloud import ROUTER_HEADERS, http_call, router_body
 VARIANTS: dict[str, tuple[str, str]] = {
     "off": ("router-notel", common.NOTEL_PREFIX),
     "otlp": ("router", ""),
+    "thread": ("router-thread", "/thread"),
     "direct": ("router-direct", common.LANGFUSE_DIRECT_PREFIX),
     "client": ("router-client", "/client-spans"),
     "sdk-batch": ("router-sdkbatch", "/sdk-batch"),
     "batch-256": ("router-batch256", "/batch-256"),
 }
 ROUTERS: dict[str, tuple[str, dict[str, Any]]] = {
+    # the export lever alone: `otlp` encoding in the replica's export thread instead of the export process
+    "router-thread": ("/thread", {"telemetry": {"langfuse": False, "export_process": False}}),
     "router-client": ("/client-spans", {"telemetry": {"langfuse": False, "http_client_spans": True}}),
     # the batch lever alone: `otlp` with the SDK's own batch (512 spans, 5 s), as before the change
     "router-sdkbatch": (
@@ -64,6 +68,7 @@ LANGFUSE_DIRECT = ("direct",)  # variants that send generations to Langfuse's ro
 LABELS = {
     "off": "off",
     "otlp": "OTLP only, Langfuse via the Collector (as deployed)",
+    "thread": "OTLP only, encoded in the replica's export thread (`export_process: false`)",
     "direct": "OTLP + Langfuse from the replica (no Collector)",
     "client": "OTLP only + Anthropic HTTP client span (Tempo service graph)",
     "sdk-batch": "OTLP only, the SDK's batch (512 spans, 5 s delay)",

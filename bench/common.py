@@ -6,6 +6,7 @@ cluster, with both sides interleaved (c=1) or in alternating back-to-back batche
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import copy
@@ -515,6 +516,9 @@ def wrk(url: str, body: dict[str, Any], headers: dict[str, str], *, connections:
 NOT_RAY = frozenset({"standin", "litellm"})
 
 
+EXPORT_WORKER = "serve_app.telemetry.export_worker"
+
+
 def _group(cmdline: str) -> str:
     """A process's role: the Serve application of a replica (`ServeReplica:<app>:<deployment>`), else its kind."""
     if "ServeReplica:" in cmdline:
@@ -536,7 +540,11 @@ class CpuMeter:
         self._procs: dict[str, list[psutil.Process]] = {}
         for process in platform._own_processes():
             with contextlib.suppress(psutil.Error):
-                self._procs.setdefault(_group(" ".join(process.cmdline())), []).append(process)
+                cmdline = " ".join(process.cmdline())
+                if EXPORT_WORKER in cmdline:  # a replica's span export process counts as that replica's CPU
+                    parent = process.parent()
+                    cmdline = " ".join(parent.cmdline()) if parent is not None else cmdline
+                self._procs.setdefault(_group(cmdline), []).append(process)
         for name, pid in (extra or {}).items():
             with contextlib.suppress(psutil.Error):
                 process = psutil.Process(pid)
@@ -561,6 +569,16 @@ class CpuMeter:
         if requests <= 0:
             return {}
         return {name: round((after[name] - before.get(name, 0.0)) * 1000.0 / requests, 3) for name in after}
+
+
+def run_sized(run: Callable[..., Any], doc: str | None) -> None:
+    """The command line of an in-process benchmark sized by `--quick`, `--requests` and `--batches`."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--requests", type=int)
+    parser.add_argument("--batches", type=int)
+    opts = parser.parse_args()
+    run(quick=opts.quick, requests=opts.requests, batches=opts.batches)
 
 
 def banner(title: str) -> None:

@@ -161,6 +161,39 @@ def targets_table(tel: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+TELEMETRY_CPU_SIDES = (
+    ("off", "telemetry off (no span)"),
+    ("span", "the SDK span only: made, filled, ended, batched; never encoded"),
+    ("thread", "OTLP, encoded in the replica's export thread (`export_process: false`)"),
+    ("process", "OTLP, encoded in the export process (as deployed)"),
+)
+
+
+def telemetry_cpu_table(data: dict[str, Any]) -> str:
+    """bench_telemetry_cpu: the router's CPU per cloud request in process, part by part, and the export process's."""
+    sides = data.get("sides", {})
+    lines = [
+        "| telemetry | replica CPU µs/request | added to off | ÷ off | export process CPU µs/request |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    off = _get(sides, "off", "cpu_us_per_request")
+    for side, label in TELEMETRY_CPU_SIDES:
+        row = sides.get(side)
+        if not row:
+            continue
+        cpu = row.get("cpu_us_per_request")
+        added = "-" if side == "off" or cpu is None or off is None else f"{cpu - off:+.1f} µs"
+        child = row.get("export_process_cpu_us_per_request")
+        lines.append(
+            f"| {label} | {_num(cpu)} | {added} | {_ratio(cpu, off, '.3f')} | {_num(child) if child else '-'} |"
+        )
+    spans = data.get("router_spans_received")
+    if spans is not None:
+        lines.append("")
+        lines.append(f"Router spans the sink received from the two exporting sides: {spans}.")
+    return "\n".join(lines)
+
+
 # bench_default_model's sides in the order the table shows them; a side the run did not have gets no row
 MODEL_SIDES = (
     ("direct", "vLLM's own server"),
@@ -287,11 +320,15 @@ def from_results(
 
     blocks: dict[str, str] = {}
     cloud, tel, model = load(f"cloud-{proxy}"), load(f"router-telemetry-{proxy}"), load("default-model")
+    tel_cpu = load("telemetry-cpu")
     if "cloud" in phases and cloud and tel:
         blocks["cloud"] = run_line(cloud["machine"], quick_note, cloud) + "\n\n" + cloud_table(cloud)
         blocks["telemetry"] = run_line(tel.get("machine", cloud["machine"]), quick_note, tel) + "\n\n"
         blocks["telemetry"] += telemetry_table(tel)
         blocks["telemetry-targets"] = targets_table(tel)
+    if "cloud" in phases and tel_cpu:
+        blocks["telemetry-cpu"] = run_line(tel_cpu["machine"], quick_note, tel_cpu) + "\n\n"
+        blocks["telemetry-cpu"] += telemetry_cpu_table(tel_cpu)
     if "model" in phases and model:
         blocks["model"] = model_block(model)
     return blocks

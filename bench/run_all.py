@@ -4,7 +4,8 @@ Phases (`BENCH_PHASES` or `--only`), each with nothing else of the benchmark run
   cloud   one Ray cluster with the routers and the bare forwarder only (no model replica), HAProxy ingress,
           LiteLLM's proxy (pinned, its own venv under .cache/) and the Anthropic stand-in: bench_cloud (router,
           router with telemetry off, forwarder, LiteLLM, stand-in directly) then bench_router_telemetry
-          (telemetry off and each export variant, spans and generations counted by a discarding sink)
+          (telemetry off and each export variant, spans and generations counted by a discarding sink), then,
+          with the cluster stopped, bench_telemetry_cpu (the router span's CPU part by part, in process)
   model   the default local model: bench/bench_default_model.py in its own process (vLLM's own server, Ray's
           OpenAiIngress and the router; TTFT and inter-token latency at c=1 and c=8)
   micro   in process, no cluster: the Observation micro-benchmark and the router's CPU per cloud request
@@ -25,7 +26,7 @@ import sys
 import time
 from typing import Any
 
-from bench import bench_cloud, bench_router_cpu, bench_router_telemetry, common, report
+from bench import bench_cloud, bench_router_cpu, bench_router_telemetry, bench_telemetry_cpu, common, report
 
 PHASES = ("cloud", "model", "micro")
 DEFAULT_PHASES = ("cloud", "model")
@@ -93,6 +94,7 @@ def main() -> None:
             bench_router_telemetry.run(s, quick=opts.quick)
             if opts.profile:
                 print(f"  profile: {bench_router_telemetry.profile(s)}")
+        bench_telemetry_cpu.run(quick=opts.quick)  # in process, once the cluster is gone
     if "model" in phases and model(opts.quick) != 0:
         print("the default-model phase failed; its table is left as it was", file=sys.stderr)
         phases = tuple(p for p in phases if p != "model")  # not rewritten from an older run's result

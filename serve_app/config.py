@@ -283,6 +283,11 @@ class TelemetryArgs(_Args):
     export_schedule_delay_ms: float = Field(
         default=200.0, gt=0, description="Longest wait before a partial batch is exported."
     )
+    export_process: bool = Field(
+        default=True,
+        description="Encode and send OTLP spans in a child process of the replica (the replica only pickles each "
+        "batch), so the encoder never holds the GIL the request loop needs; false: in the replica's export thread.",
+    )
     http_client_spans: bool = Field(
         default=False,
         description="A CLIENT span per upstream HTTP call (Anthropic), child of the router span: Tempo's service "

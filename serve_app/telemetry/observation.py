@@ -1,7 +1,7 @@
 """One request's telemetry: its span (also its Langfuse generation) and metrics, recorded from a finished result.
 
 The router calls `routed()` (once, or twice on fallback) and, when the request is over, `record()` with the
-`ChatResult` that the request's owner (`chat.ChatStream`) built: usage, cost, outcome. Nothing here reads
+`ChatResult` that the request's owner (`chat_stream.ChatStream`) built: usage, cost, outcome. Nothing here reads
 chunks, prices tokens or closes streams. Every hook is guarded and a failing sink costs the response nothing but
 a count in `router_telemetry_dropped_total{sink}`.
 """
@@ -119,16 +119,19 @@ class Observation:
             self._tel.metrics.fallback(backend=backend, route_reason=reason)
 
     def request_params(self, *, dropped: tuple[str, ...], translated: tuple[str, ...]) -> None:
-        """Records the request fields the chosen backend will not get, and those it gets translated (names only)."""
+        """Records the request fields the chosen backend will not get, and those it gets translated (names only).
+        An empty list is not recorded: absent means none (four attributes fewer to encode on most spans)."""
+        attrs: dict[str, Any] = {}
+        if dropped:
+            attrs["llm.request.dropped_params"] = list(dropped)
+            attrs[_LF + "metadata.dropped_params"] = json.dumps(list(dropped))
+        if translated:
+            attrs["llm.request.translated_params"] = list(translated)
+            attrs[_LF + "metadata.translated_params"] = json.dumps(list(translated))
+        if not attrs:
+            return
         try:
-            self._span.set_attributes(
-                {
-                    "llm.request.dropped_params": list(dropped),
-                    "llm.request.translated_params": list(translated),
-                    _LF + "metadata.dropped_params": json.dumps(list(dropped)),
-                    _LF + "metadata.translated_params": json.dumps(list(translated)),
-                }
-            )
+            self._span.set_attributes(attrs)
         except Exception:
             self._tel.metrics.dropped_items("span")
 

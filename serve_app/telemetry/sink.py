@@ -17,10 +17,12 @@ from typing import Any
 
 from opentelemetry import propagate, trace
 from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind
 
 from serve_app.config import RouterArgs
 from serve_app.routing import ALIASES
+from serve_app.telemetry.export_process import ChildProcessExporter
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
 from serve_app.telemetry.observation import Observation
@@ -58,8 +60,10 @@ class Telemetry:
         langfuse_accounting: ExportAccounting | None = None,
         shutdown_timeout_s: float = 2.0,
         request_log: RequestLog | None = None,
+        export_process: ChildProcessExporter | None = None,
     ) -> None:
         self.args = args
+        self.export_process = export_process  # the OTLP export process, when spans leave through one
         self.request_log = request_log
         self.provider = provider
         self.metrics = metrics
@@ -102,6 +106,7 @@ class Telemetry:
         owns = tracer_provider is None
         provider = tracer_provider or build_tracer_provider(args.telemetry, env)
         accounting = None
+        export_process: ChildProcessExporter | None = None
         exporting = not owns
         if owns and args.telemetry.tracing and otlp_configured(env):
             try:
@@ -111,7 +116,15 @@ class Telemetry:
                     slack=min(args.telemetry.export_batch_size, args.telemetry.export_queue_size),
                     on_drop=lambda n: metrics.dropped_items("otlp", n),
                 )
-                exporter = build_otlp_exporter(args.telemetry, env)
+                exporter: SpanExporter = build_otlp_exporter(args.telemetry, env)  # bad settings raise here
+                if args.telemetry.export_process:
+                    exporter.shutdown()  # the export process builds its own from the same settings
+                    exporter = export_process = ChildProcessExporter(
+                        resource=provider.resource,
+                        telemetry_args=args.telemetry.model_dump(),
+                        timeout_s=args.telemetry.export_timeout_s,
+                        environ=env if env is os.environ else {**os.environ, **env},
+                    )
                 provider.add_span_processor(
                     AccountedBatchProcessor(
                         exporter,
@@ -155,6 +168,7 @@ class Telemetry:
             langfuse_accounting=langfuse_accounting,
             shutdown_timeout_s=shutdown_timeout_s,
             request_log=request_log,
+            export_process=export_process,
         )
 
     # ---- per request ----------------------------------------------------------------------------------------

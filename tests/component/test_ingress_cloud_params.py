@@ -86,7 +86,7 @@ async def test_nothing_dropped_no_header(cloud_router):
     response = await router.client().post("/v1/chat/completions", json=chat_body(model="cloud"))
     assert response.status_code == 200
     assert "x-router-dropped-params" not in response.headers
-    assert the_span(router)["llm.request.dropped_params"] == ()
+    assert "llm.request.dropped_params" not in the_span(router)  # absent means none
 
 
 async def test_the_local_backend_gets_the_sampling_fields_no_header(cloud_router, local):

@@ -169,3 +169,22 @@ def test_the_docs_have_the_model_markers_and_the_run_all_child_leaves_them_to_ru
     assert not alone.no_docs  # run alone, it writes its table into the docs
     child = bench_default_model.parse_args(run_all.model_command(quick=True)[3:])
     assert child.no_docs and child.quick  # under make bench, run_all writes it (and honours its own --no-docs)
+
+
+def test_telemetry_cpu_table_adds_to_off_and_shows_the_export_process_apart() -> None:
+    sides = {
+        "off": {"cpu_us_per_request": 1000.0, "export_process_cpu_us_per_request": 0.0},
+        "span": {"cpu_us_per_request": 1080.0, "export_process_cpu_us_per_request": 0.0},
+        "process": {"cpu_us_per_request": 1100.0, "export_process_cpu_us_per_request": 150.0},
+    }  # no `thread` side in this run: no row, no crash
+    table = report.telemetry_cpu_table({"sides": sides, "router_spans_received": 42})
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert [row.split(" | ")[0] for row in rows] == [
+        "| telemetry off (no span)",
+        "| the SDK span only: made, filled, ended, batched; never encoded",
+        "| OTLP, encoded in the export process (as deployed)",
+    ]
+    span, process = rows[1].split(" | "), rows[2].split(" | ")
+    assert span[1:4] == ["1080.0", "+80.0 µs", "1.080x"] and span[4] == "- |"
+    assert process[1:4] == ["1100.0", "+100.0 µs", "1.100x"] and process[4] == "150.0 |"
+    assert table.endswith("Router spans the sink received from the two exporting sides: 42.")

@@ -1,0 +1,190 @@
+"""The span export process: batches arrive once, a hanging collector costs a bounded wait, a dead child is
+replaced, and the child never outlives its replica."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from serve_app.telemetry import InMemoryMetricsSink, Telemetry
+from serve_app.telemetry.export_process import ChildProcessExporter
+from tests.component.test_telemetry_export import one_request, router_args
+from tests.support.otlp_receiver import OtlpHttpReceiver
+from tests.support.waiting import wait_for
+
+RESOURCE = Resource({"service.name": "router-test"})
+
+
+def _spans(n: int, prefix: str) -> list[ReadableSpan]:
+    memory = InMemorySpanExporter()
+    provider = TracerProvider(resource=RESOURCE)
+    provider.add_span_processor(SimpleSpanProcessor(memory))
+    tracer = provider.get_tracer("hybrid_llm.router")
+    for i in range(n):
+        tracer.start_span("chat auto", attributes={"llm.request_id": f"{prefix}{i}", "llm.cost_usd": 0.5}).end()
+    return list(memory.get_finished_spans())
+
+
+def _exporter(url: str, *, timeout_s: float = 2.0, backoff_s: float = 0.0) -> ChildProcessExporter:
+    return ChildProcessExporter(
+        resource=RESOURCE,
+        telemetry_args={"export_timeout_s": timeout_s},
+        timeout_s=timeout_s,
+        environ={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": url},
+        restart_backoff_s=backoff_s,
+    )
+
+
+def test_every_batch_reaches_the_collector_once_from_the_child_process() -> None:
+    with OtlpHttpReceiver() as tempo:
+        exporter = _exporter(tempo.base_url)
+        try:
+            assert exporter.export(_spans(5, "a")) is SpanExportResult.SUCCESS
+            assert exporter.export(_spans(3, "b")) is SpanExportResult.SUCCESS
+            child = exporter.pid
+        finally:
+            exporter.shutdown()
+        assert child is not None and child != os.getpid()
+        assert sorted(s.attributes["llm.request_id"] for s in tempo.spans) == sorted(
+            [f"a{i}" for i in range(5)] + [f"b{i}" for i in range(3)]
+        )
+        assert {s.resource["service.name"] for s in tempo.spans} == {"router-test"}
+        assert {s.attributes["llm.cost_usd"] for s in tempo.spans} == {0.5}
+
+
+def test_a_collector_that_answers_503_is_a_failed_export() -> None:
+    with OtlpHttpReceiver(mode="refuse") as tempo:
+        exporter = _exporter(tempo.base_url, timeout_s=1.0)
+        try:
+            assert exporter.export(_spans(2, "r")) is SpanExportResult.FAILURE
+        finally:
+            exporter.shutdown()
+
+
+def test_a_hanging_collector_fails_each_export_and_a_batch_sent_while_the_child_is_busy_is_refused() -> None:
+    """The replica waits for the child's answer only `timeout_s` + 1 s; a batch that comes while the child is
+    still stuck in an earlier export is refused at once (a counted drop), never piled into the pipe."""
+    with OtlpHttpReceiver(mode="hang") as tempo:
+        exporter = ChildProcessExporter(  # the child's own export may take 5 s; the replica waits 1.5 s
+            resource=RESOURCE,
+            telemetry_args={"export_timeout_s": 5.0},
+            timeout_s=0.5,
+            environ={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url},
+        )
+        try:
+            assert exporter.export(_spans(2, "hung")) is SpanExportResult.FAILURE
+            assert exporter.export(_spans(2, "refused")) is SpanExportResult.FAILURE
+            tempo.mode = "ok"
+            tempo.release()
+            results = [exporter.export(_spans(2, f"after{n}-")) for n in range(5)]
+        finally:
+            exporter.shutdown()
+        assert SpanExportResult.SUCCESS in results
+        ids = {s.attributes["llm.request_id"] for s in tempo.spans}
+        assert not {"refused0", "refused1"} & ids
+
+
+def test_a_killed_child_is_replaced_and_export_resumes() -> None:
+    with OtlpHttpReceiver() as tempo:
+        exporter = _exporter(tempo.base_url)
+        try:
+            first = exporter.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: _exited(first), "the killed child to be gone", timeout=10)
+            assert exporter.export(_spans(2, "k")) is SpanExportResult.SUCCESS
+            assert exporter.pid not in (None, first) and exporter.restarts == 1
+        finally:
+            exporter.shutdown()
+        assert {"k0", "k1"} <= {s.attributes["llm.request_id"] for s in tempo.spans}
+
+
+def test_shutdown_ends_the_child() -> None:
+    with OtlpHttpReceiver() as tempo:
+        exporter = _exporter(tempo.base_url)
+        child = exporter.pid
+        assert child is not None
+        exporter.shutdown()
+        assert _exited(child)
+        assert exporter.export(_spans(1, "late")) is SpanExportResult.FAILURE
+
+
+def test_the_child_exits_when_its_replica_is_killed() -> None:
+    """SIGKILL gives the replica no chance to shut anything down: the child sees its stdin close and leaves."""
+    with OtlpHttpReceiver() as tempo:
+        script = textwrap.dedent(
+            f"""
+            import os, sys, time
+            from opentelemetry.sdk.resources import Resource
+            from serve_app.telemetry.export_process import ChildProcessExporter
+            e = ChildProcessExporter(resource=Resource({{}}), telemetry_args={{}}, timeout_s=1.0,
+                                     environ={{**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "{tempo.base_url}"}})
+            print(e.pid, flush=True)
+            time.sleep(600)
+            """
+        )
+        replica = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+        try:
+            assert replica.stdout is not None
+            child = int(replica.stdout.readline())
+            assert not _exited(child)
+            replica.kill()
+            replica.wait()
+            wait_for(lambda: _exited(child), "the orphaned child to exit", timeout=20)
+        finally:
+            replica.kill()
+
+
+async def test_telemetry_exports_through_the_child_by_default_and_counts_a_dead_collector_as_drops() -> None:
+    with OtlpHttpReceiver() as tempo:
+        telemetry = Telemetry.from_args(
+            router_args(export_batch_size=4, export_schedule_delay_ms=50.0),
+            meter=InMemoryMetricsSink(),
+            langfuse=False,
+            environ={"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url},
+        )
+        assert telemetry.args.telemetry.export_process
+        for i in range(6):
+            await one_request(telemetry, f"t{i}", usage={"prompt_tokens": 5, "completion_tokens": 2})
+        telemetry.shutdown()
+        assert sorted(s.attributes["llm.request_id"] for s in tempo.spans) == [f"t{i}" for i in range(6)]
+    assert telemetry.metrics.dropped.get("otlp", 0) == 0
+    with OtlpHttpReceiver(mode="refuse") as tempo:
+        telemetry = Telemetry.from_args(
+            router_args(export_batch_size=4, export_schedule_delay_ms=50.0, export_timeout_s=1.0),
+            meter=InMemoryMetricsSink(),
+            langfuse=False,
+            environ={"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url},
+        )
+        for i in range(4):
+            await one_request(telemetry, f"d{i}", usage={"prompt_tokens": 5, "completion_tokens": 2})
+        telemetry.shutdown()
+    assert telemetry.metrics.dropped["otlp"] == 4
+
+
+def _exited(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:  # not our child (or already reaped): ask the kernel whether it still exists
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return _zombie(pid)
+    return waited == pid
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(")")[-1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
