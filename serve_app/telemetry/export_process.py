@@ -198,11 +198,13 @@ class ChildProcessExporter(SpanExporter):
             if self._shut or not self._running():
                 return SpanExportResult.FAILURE
             if self._pending is not None and self._await(self._pending) is None:
-                return SpanExportResult.FAILURE  # the child still works on an earlier batch: this one is dropped
+                return SpanExportResult.FAILURE  # the child still works on an earlier batch (or died): dropped
+            proc = self._proc
+            if proc is None or proc.stdin is None:
+                return SpanExportResult.FAILURE
             batch_id, self._next_id = self._next_id, self._next_id + 1
             try:
-                assert self._proc is not None and self._proc.stdin is not None
-                write_frame(self._proc.stdin, batch_id, [span_record(s) for s in spans])
+                write_frame(proc.stdin, batch_id, [span_record(s) for s in spans])
             except (OSError, ValueError):
                 self._lost("its pipe closed")
                 return SpanExportResult.FAILURE

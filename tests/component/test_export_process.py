@@ -107,6 +107,30 @@ def test_a_killed_child_is_replaced_and_export_resumes() -> None:
         assert {"k0", "k1"} <= {s.attributes["llm.request_id"] for s in tempo.spans}
 
 
+def test_a_child_that_dies_while_a_batch_waits_for_its_answer_costs_that_batch_only() -> None:
+    with OtlpHttpReceiver(mode="hang") as tempo:
+        exporter = ChildProcessExporter(
+            resource=RESOURCE,
+            telemetry_args={"export_timeout_s": 5.0},
+            timeout_s=0.5,
+            environ={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url},
+            restart_backoff_s=0.0,
+        )
+        try:
+            assert exporter.export(_spans(1, "stuck")) is SpanExportResult.FAILURE  # unanswered: still pending
+            first = exporter.pid
+            assert first is not None
+            os.kill(first, signal.SIGKILL)
+            wait_for(lambda: _exited(first), "the killed child to be gone", timeout=10)
+            tempo.mode = "ok"
+            tempo.release()
+            assert exporter.export(_spans(2, "next")) is SpanExportResult.SUCCESS  # a new child took it
+            assert exporter.restarts == 1 and exporter.pid != first
+        finally:
+            exporter.shutdown()
+        assert {s.attributes["llm.request_id"] for s in tempo.spans} == {"next0", "next1"}  # "stuck" died with it
+
+
 def test_shutdown_ends_the_child() -> None:
     with OtlpHttpReceiver() as tempo:
         exporter = _exporter(tempo.base_url)
