@@ -139,6 +139,7 @@ async def measure(upstream: str, sink_url: str, *, requests: int, batches: int) 
 
 
 def run(*, quick: bool = False, requests: int | None = None, batches: int | None = None) -> dict[str, Any]:
+    busy = common.wait_quiet()  # in process: whatever else runs inflates CPU per request
     common.banner("router span CPU per cloud request, in process (no Ray)")
     requests = requests or (150 if quick else 400)
     batches = batches or (3 if quick else 7)
@@ -166,6 +167,7 @@ def run(*, quick: bool = False, requests: int | None = None, batches: int | None
             f"({row['added_share_of_off']:+.1%} of off)" + (f"  export process {child:.1f} us" if child else "")
         )
     data = {"requests": requests, "batches": batches, "sides": sides, "router_spans_received": spans}
+    data["cpu_busy_percent_at_start"] = busy
     data |= {"load_before": load_before, "load_after": common.load_average()}
     common.write_result("telemetry-cpu", {"bench": "telemetry_cpu", "machine": common.machine()} | data)
     return data

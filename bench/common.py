@@ -581,5 +581,15 @@ def run_sized(run: Callable[..., Any], doc: str | None) -> None:
     run(quick=opts.quick, requests=opts.requests, batches=opts.batches)
 
 
+def wait_quiet(*, busy_below: float = 25.0, timeout_s: float = 90.0) -> float:
+    """Waits (at most `timeout_s`) until the machine's CPU is less than `busy_below` percent busy over a second:
+    a cluster that was just stopped keeps both cores busy for a while. The last reading, for the result."""
+    deadline = time.monotonic() + timeout_s
+    busy = psutil.cpu_percent(interval=1.0)
+    while busy >= busy_below and time.monotonic() < deadline:
+        busy = psutil.cpu_percent(interval=1.0)
+    return busy
+
+
 def banner(title: str) -> None:
     print(f"\n=== {title} === (load {' '.join(map(str, load_average()))})", flush=True)
