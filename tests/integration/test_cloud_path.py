@@ -142,12 +142,16 @@ def test_cloud_failure_on_auto_rule_falls_back_to_local(platform):
     assert raw.parse().model == "local-model"
 
 
-def test_local_context_overflow_on_auto_falls_back_to_cloud(platform):
-    # Characters the smoke tokenizer never saw cost one token each: the cheap estimate says it fits, vLLM says no.
-    prompt = "~^`|" * 200  # 800 tokens for the engine, about 230 for the estimate
+def test_local_context_overflow_on_auto_is_answered_by_the_cloud(platform):
+    # Characters the smoke tokenizer never saw cost one token each: the cheap estimate says it fits (about 230),
+    # the engine would count 800. serve_config.local.yaml counts such prompts with the local model's tokenizer
+    # (`routing.tokenizer: auto`), so the router sends it to the cloud up front; the engine's own rejection and
+    # its fallback (`fallback_local_error`) are in tests/integration/test_prompt_length.py.
+    prompt = "~^`|" * 200
     raw = platform.openai().chat.completions.with_raw_response.create(model="auto", messages=_user(prompt))
     assert raw.headers["x-router-backend"] == "cloud"
-    assert raw.headers["x-router-reason"] == "fallback_local_error"
+    assert raw.headers["x-router-reason"] == "prompt_too_long"
+    assert raw.parse().choices[0].message.content
 
 
 def test_tools_on_auto_go_to_the_cloud_when_local_has_no_tool_parser(platform):
