@@ -7,7 +7,8 @@ per telemetry setup; batches alternate and CPU (process, all threads) per reques
     span      the SDK span with its attributes and a BatchSpanProcessor whose exporter discards each batch: every
               span is made, ended and batched, none is encoded
     thread    OTLP to a discarding loopback sink, encoded in the replica's export thread (`export_process: false`)
-    process   the same, encoded in the export process (the default); its CPU is reported beside the replica's
+    process   the same as deployed (the default): the router span is a LightSpan, plain values in the replica that
+              the export process rebuilds as the SDK's span and encodes; its CPU is reported beside the replica's
 
 `span - off` is what the OTel SDK's span costs before any export; `thread - span` what the OTLP encoder and
 transport add; `process` shows how much of that leaves the replica's process and what the hand-over costs.

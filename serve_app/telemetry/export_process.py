@@ -7,6 +7,9 @@ flattens each span into a tuple and pickles the batch (a few microseconds); a ch
 exporter. The SDK's BatchSpanProcessor still batches and bounds the queue in the replica, and its accounting is
 unchanged: a batch is a SUCCESS only when the child says the collector took it.
 
+The router's own span usually arrives here already flat: with the export process as its only sink it is a
+`light_span.LightSpan`, whose record has the same shape, so the replica never builds the SDK's span for it.
+
 The child is started with the exporter and restarted (at most every `restart_backoff_s`) when it has died.
 It exits when its stdin closes, so it never outlives the replica. This module must not encode OTLP itself.
 """
@@ -34,13 +37,13 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes
 
+from serve_app.telemetry.light_span import LightSpan, Record
+
 logger = logging.getLogger(__name__)
 
 FRAME = struct.Struct(">IQ")  # payload length, batch id (0: the settings frame)
 REPLY = struct.Struct(">Q?")  # batch id, exported
 WORKER_MODULE = "serve_app.telemetry.export_worker"
-
-Record = tuple[Any, ...]
 
 
 # ---- a span as plain data, both ways ------------------------------------------------------------------------------
@@ -77,6 +80,10 @@ def span_record(span: ReadableSpan) -> Record:
         span.dropped_links,
         (scope.name, scope.version, scope.schema_url, _attrs(scope.attributes)) if scope else None,
     )
+
+
+def _record(span: ReadableSpan | LightSpan) -> Record:
+    return span.record() if isinstance(span, LightSpan) else span_record(span)
 
 
 def _bounded_attrs(values: dict[str, Any], dropped: int) -> Mapping[str, Any]:
@@ -204,7 +211,7 @@ class ChildProcessExporter(SpanExporter):
                 return SpanExportResult.FAILURE
             batch_id, self._next_id = self._next_id, self._next_id + 1
             try:
-                write_frame(proc.stdin, batch_id, [span_record(s) for s in spans])
+                write_frame(proc.stdin, batch_id, [_record(s) for s in spans])
             except (OSError, ValueError):
                 self._lost("its pipe closed")
                 return SpanExportResult.FAILURE

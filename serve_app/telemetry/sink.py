@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from opentelemetry import propagate, trace
-from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExporter
 from opentelemetry.trace import SpanKind
 
@@ -24,6 +24,7 @@ from serve_app.config import RouterArgs
 from serve_app.routing import ALIASES
 from serve_app.telemetry.export_process import ChildProcessExporter
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
+from serve_app.telemetry.light_span import LightTracer
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
 from serve_app.telemetry.observation import Observation
 from serve_app.telemetry.request_log import RequestLog
@@ -61,6 +62,7 @@ class Telemetry:
         shutdown_timeout_s: float = 2.0,
         request_log: RequestLog | None = None,
         export_process: ChildProcessExporter | None = None,
+        light_processor: SpanProcessor | None = None,
     ) -> None:
         self.args = args
         self.export_process = export_process  # the OTLP export process, when spans leave through one
@@ -73,7 +75,12 @@ class Telemetry:
         self.otlp_accounting = otlp_accounting
         self.langfuse_accounting = langfuse_accounting
         self._owns_provider = owns_provider
-        self._tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
+        tracer = provider.get_tracer(TRACER_NAME, service_version()) if tracing_active else trace.NoOpTracer()
+        # The router span as plain values when the export process is its only sink (light_span.py); the SDK's
+        # span when anything in this process reads it (the direct Langfuse exporter, a caller's provider).
+        if light_processor is not None and langfuse is None and not isinstance(tracer, trace.NoOpTracer):
+            tracer = LightTracer(provider, light_processor, name=TRACER_NAME, version=service_version())
+        self._tracer: trace.Tracer | LightTracer = tracer
         # For the backends' HTTP client instrumentation: with `http_client_spans` each upstream call is a span,
         # child of the router span, exported with it; without, the call carries the router span's `traceparent`
         # and records nothing. None when no span leaves the process (then there is nothing to be a child of).
@@ -107,6 +114,7 @@ class Telemetry:
         provider = tracer_provider or build_tracer_provider(args.telemetry, env)
         accounting = None
         export_process: ChildProcessExporter | None = None
+        light_processor: SpanProcessor | None = None
         exporting = not owns
         if owns and args.telemetry.tracing and otlp_configured(env):
             try:
@@ -125,14 +133,15 @@ class Telemetry:
                         timeout_s=args.telemetry.export_timeout_s,
                         environ=env if env is os.environ else {**os.environ, **env},
                     )
-                provider.add_span_processor(
-                    AccountedBatchProcessor(
-                        exporter,
-                        accounting,
-                        batch_size=args.telemetry.export_batch_size,
-                        schedule_delay_ms=args.telemetry.export_schedule_delay_ms,
-                    )
+                processor = AccountedBatchProcessor(
+                    exporter,
+                    accounting,
+                    batch_size=args.telemetry.export_batch_size,
+                    schedule_delay_ms=args.telemetry.export_schedule_delay_ms,
                 )
+                provider.add_span_processor(processor)
+                if export_process is not None:
+                    light_processor = processor
                 exporting = True
             except Exception:
                 logger.exception("OTLP exporter could not be built; traces are off")
@@ -169,6 +178,7 @@ class Telemetry:
             shutdown_timeout_s=shutdown_timeout_s,
             request_log=request_log,
             export_process=export_process,
+            light_processor=light_processor,
         )
 
     # ---- per request ----------------------------------------------------------------------------------------

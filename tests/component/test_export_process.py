@@ -16,7 +16,8 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
 from serve_app.telemetry.export_process import ChildProcessExporter
-from tests.component.test_telemetry_export import one_request, router_args
+from serve_app.telemetry.observation import Observation
+from tests.component.test_telemetry_export import backend, finish, one_request, router_args
 from tests.support.otlp_receiver import OtlpHttpReceiver
 from tests.support.waiting import wait_for
 
@@ -212,3 +213,56 @@ def _zombie(pid: int) -> bool:
             return stat.read().split(")")[-1].split()[0] == "Z"
     except FileNotFoundError:
         return True
+
+
+async def test_the_router_span_from_the_export_process_is_the_one_the_sdk_path_exports() -> None:
+    """Default (a LightSpan rebuilt in the export process) against `export_process: false` (the SDK's span): the
+    same span reaches the collector, and the `traceparent` sent upstream names it."""
+    received = {}
+    parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    for export_process in (True, False):
+        with OtlpHttpReceiver() as tempo:
+            telemetry = Telemetry.from_args(
+                router_args(export_process=export_process, export_schedule_delay_ms=50.0),
+                meter=InMemoryMetricsSink(),
+                langfuse=False,
+                environ={"OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url},
+            )
+            assert (telemetry.export_process is not None) is export_process
+            obs = telemetry.begin(
+                request_id="r1",
+                headers={"traceparent": parent},
+                requested_model="auto",
+                stream=False,
+                max_tokens=32,
+                prompt_tokens_estimated=10,
+                tenant="team-a",
+            )
+            upstream = obs.trace_headers()["traceparent"]
+            obs.routed(backend="cloud", provider="anthropic", model="claude-sonnet-4-6", reason="x", fallback=True)
+            obs.request_params(dropped=("seed",), translated=())
+            await _finish_ok(obs, telemetry)
+            telemetry.shutdown()
+            (span,) = tempo.spans
+        assert upstream == f"00-{span.trace_id}-{span.span_id}-01"
+        assert span.trace_id == parent.split("-")[1] and span.parent_span_id == parent.split("-")[2]
+        received[export_process] = span
+    light, sdk = received[True], received[False]
+    timing = {"llm.latency_ms", "llm.ttft_ms", "langfuse.observation.completion_start_time"}
+    assert {k: v for k, v in light.attributes.items() if k not in timing} == {
+        k: v for k, v in sdk.attributes.items() if k not in timing
+    }
+    assert set(light.attributes) == set(sdk.attributes) and len(light.attributes) > 25
+    assert (light.name, light.scope, light.kind, light.status_code, light.resource) == (
+        sdk.name,
+        sdk.scope,
+        sdk.kind,
+        sdk.status_code,
+        sdk.resource,
+    )
+
+
+async def _finish_ok(obs: Observation, telemetry: Telemetry) -> None:
+    model = "claude-sonnet-4-6"
+    usage = {"prompt_tokens": 5, "completion_tokens": 2}
+    await finish(obs, telemetry, backend(usage, model=model), backend_name="cloud", model=model, outcome="ok")

@@ -82,10 +82,10 @@ async def one_request(
     else:
         model = "local-model"
         obs.routed(backend="local", provider="vllm", model=model, reason="policy_local", fallback=False)
-    await _finish(obs, telemetry, backend(usage, model=model), backend_name=backend_name, model=model, outcome="ok")
+    await finish(obs, telemetry, backend(usage, model=model), backend_name=backend_name, model=model, outcome="ok")
 
 
-async def _finish(
+async def finish(
     obs: Observation, telemetry: Telemetry, chunks: AsyncIterator[dict], *, backend_name: str, model: str, outcome: str
 ) -> None:
     """What the request's owner (ChatStream) records: the tally of the chunks, priced, with the outcome."""
@@ -122,7 +122,7 @@ async def cancelled_request(telemetry: Telemetry, request_id: str) -> None:
             "usage": {"prompt_tokens": 120, "completion_tokens": 2},
         }
 
-    await _finish(
+    await finish(
         obs, telemetry, until_cancelled(), backend_name="cloud", model="claude-sonnet-4-6", outcome="cancelled"
     )
 
