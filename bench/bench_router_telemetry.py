@@ -19,6 +19,8 @@ the router spans on the OTLP route: the Collector's filter forwards exactly thos
     latency   c=1, non-stream and stream, the variants interleaved request by request (raw httpx)
     req/s     wrk, 16 connections, non-stream, each variant back to back (three times, the second pass reversed,
               when not --quick): mean req/s, median p99
+    pairs     `otlp` against `off` in adjacent wrk runs ordered ABBA (8 pairs of 10 s, 3 of 4 s when --quick): the
+              targets' req/s and p99 ratios are the medians of the pairs' ratios, so drift cancels
 
 Run alone: python -m bench.bench_router_telemetry [--quick] [--proxy default|haproxy] [--profile MODE]
 """
@@ -131,6 +133,48 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     return out
 
 
+PAIRED = "otlp"  # the deployed variant, measured against `off` in adjacent pairs for the targets
+
+
+def paired(s: common.Session, *, quick: bool, variant: str = PAIRED) -> dict[str, Any]:
+    """`variant` against `off` in adjacent wrk runs, ordered ABBA (off, on, on, off, ...): each pair's ratio is
+    measured minutes apart at most, so the VM's drift (up to 30% within a run) cancels instead of deciding the
+    figure. The target figures are the medians of the pairs' ratios; the spread is reported beside them."""
+    if not common.wrk_available():
+        return {"skipped": "wrk not installed (apt-get install wrk)"}
+    count, seconds = (3, 4) if quick else (8, 10)
+    urls = _urls(s)
+    meter = common.CpuMeter(s.platform)
+    pairs: list[dict[str, Any]] = []
+    for i in range(count):
+        pair: dict[str, Any] = {}
+        for name in ("off", variant) if i % 2 == 0 else (variant, "off"):
+            before = meter.snapshot()
+            result = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
+            cpu = meter.per_request_ms(before, meter.snapshot(), result["requests"]).get(VARIANTS[name][0], 0.0)
+            pair[name] = {
+                "req_per_s": result["req_per_s"],
+                "p99_ms": result["latency_ms"]["p99"],
+                "requests": result["requests"],
+                "router_cpu_ms_per_request": round(cpu, 3),
+            }
+        pair["req_per_s_ratio"] = common.ratio(pair[variant]["req_per_s"], pair["off"]["req_per_s"])
+        pair["p99_ratio"] = common.ratio(pair[variant]["p99_ms"], pair["off"]["p99_ms"])
+        pairs.append(pair)
+    rps = [p["req_per_s_ratio"] for p in pairs]
+    p99 = [p["p99_ratio"] for p in pairs]
+    return {
+        "variant": variant,
+        "pairs": pairs,
+        "seconds": seconds,
+        "req_per_s_ratio_median": round(statistics.median(rps), 3),
+        "req_per_s_ratio_range": [min(rps), max(rps)],
+        "p99_ratio_median": round(statistics.median(p99), 3),
+        "p99_ratio_range": [min(p99), max(p99)],
+        "requests": {name: sum(p[name]["requests"] for p in pairs) for name in ("off", variant)},
+    }
+
+
 def settle(s: common.Session, *, quiet_s: float = 4.0, timeout_s: float = 45.0) -> tuple[int, ...]:
     """The sink's counts once nothing new arrived for `quiet_s`: the exporters' last, partial batches leave on
     their schedule delay, whatever it is configured to."""
@@ -195,9 +239,12 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
     counts_before = settle(s)  # what earlier benchmarks exported has arrived
     data: dict[str, Any] = {"latency_c1": asyncio.run(latency(s, quick=quick))}
     data["throughput_c16"] = tp = throughput(s, quick=quick)
+    data["paired_c16"] = pairs = paired(s, quick=quick)
     counts_after = settle(s)
     rounds = (120 if quick else 400) + 20  # every latency request, warm-up rounds included, json and stream
     sent = {m: 2 * rounds + tp.get(m, {}).get("requests", 0) + _WRK_WARMUP.get(m, 0) for m in VARIANTS}
+    for name, count in pairs.get("requests", {}).items():
+        sent[name] += count
     data["exported_during_run"] = exported(counts_before, counts_after, sent, route_spans=counts_after[0])
     summary: dict[str, Any] = {}
     for mode, block in data["latency_c1"].items():
@@ -218,6 +265,15 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
             runs = [r["req_per_s"] for r in tp[name]["runs"]]
             p99s = [r["latency_ms"]["p99"] for r in tp[name]["runs"]]
             print(f"  wrk c16 telemetry {name:<7} {tp[name]['req_per_s']:8.1f} req/s  (runs {runs}, p99 ms {p99s})")
+    if "skipped" not in pairs:
+        summary[f"c16 req/s {PAIRED}/off, median of ABBA pairs"] = pairs["req_per_s_ratio_median"]
+        summary[f"c16 p99 {PAIRED}/off, median of ABBA pairs"] = pairs["p99_ratio_median"]
+        for p in pairs["pairs"]:
+            print(
+                f"  pair: off {p['off']['req_per_s']:7.1f} req/s p99 {p['off']['p99_ms']:7.2f} ms | {PAIRED} "
+                f"{p[PAIRED]['req_per_s']:7.1f} req/s p99 {p[PAIRED]['p99_ms']:7.2f} ms | "
+                f"÷ off {p['req_per_s_ratio']} / {p['p99_ratio']}"
+            )
     data["summary"] = summary
     data["labels"] = LABELS
     data["load_before"], data["load_after"] = load_before, common.load_average()

@@ -55,6 +55,26 @@ def test_targets_are_judged_against_telemetry_off_of_the_same_run() -> None:
     assert rows["p50 at c=1, added to off"].count("**not met**") == 2
 
 
+def test_the_deployed_variant_is_judged_by_the_median_of_its_adjacent_pairs_when_they_were_measured() -> None:
+    # the back-to-back means say 0.90x / 1.25x; the ABBA pairs' medians say 0.96x / 1.10x: the pairs decide
+    tel = _telemetry(on_rps=90.0, on_p99=12.5, on_p50=5.2)
+    pair = {"off": {}, "otlp": {}}
+    tel["paired_c16"] = {
+        "variant": "otlp",
+        "pairs": [pair] * 5,
+        "seconds": 10,
+        "req_per_s_ratio_median": 0.96,
+        "req_per_s_ratio_range": [0.91, 0.99],
+        "p99_ratio_median": 1.1,
+        "p99_ratio_range": [1.02, 1.3],
+    }
+    rows = {line.split("|")[1].strip(): line.split("|") for line in report.targets_table(tel).splitlines()}
+    assert rows["req/s at c=16, ÷ off"][3].strip() == "0.96x (met)"
+    assert rows["req/s at c=16, ÷ off"][4].strip() == "0.90x (**not met**)"  # `direct` keeps its own runs
+    assert rows["p99 at c=16, ÷ off"][3].strip() == "1.10x (met)"
+    assert any("medians of 5 adjacent ABBA pairs" in line[1] and "0.91-0.99x" in line[1] for line in rows.values())
+
+
 def _side(ttft_p50: float, ttft_p95: float, itl_p50: float, streams: int = 8) -> dict:
     return {
         "ttft_ms": {"n": streams, "p50": ttft_p50, "p95": ttft_p95},
