@@ -176,7 +176,10 @@ TELEMETRY_CPU_SIDES = (
     ("off", "telemetry off (no span)"),
     ("span", "the SDK span only: made, filled, ended, batched; never encoded"),
     ("thread", "OTLP, encoded in the replica's export thread (`export_process: false`)"),
-    ("process", "OTLP, encoded in the export process (as deployed)"),
+    (
+        "process",
+        "OTLP as deployed: a LightSpan in the replica; the SDK's span built and encoded in the export process",
+    ),
 )
 
 

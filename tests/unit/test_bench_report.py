@@ -202,7 +202,7 @@ def test_telemetry_cpu_table_adds_to_off_and_shows_the_export_process_apart() ->
     assert [row.split(" | ")[0] for row in rows] == [
         "| telemetry off (no span)",
         "| the SDK span only: made, filled, ended, batched; never encoded",
-        "| OTLP, encoded in the export process (as deployed)",
+        "| OTLP as deployed: a LightSpan in the replica; the SDK's span built and encoded in the export process",
     ]
     span, process = rows[1].split(" | "), rows[2].split(" | ")
     assert span[1:4] == ["1080.0", "+80.0 µs", "1.080x"] and span[4] == "- |"
