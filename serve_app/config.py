@@ -286,7 +286,9 @@ class TelemetryArgs(_Args):
     export_process: bool = Field(
         default=True,
         description="Encode and send OTLP spans in a child process of the replica (the replica only pickles each "
-        "batch), so the encoder never holds the GIL the request loop needs; false: in the replica's export thread.",
+        "batch), so the encoder never holds the GIL the request loop needs; false: in the replica's export thread. "
+        "Without the direct Langfuse exporter the router span is then kept as plain values in the replica and "
+        "built as the SDK's span in that process (serve_app/telemetry/light_span.py).",
     )
     http_client_spans: bool = Field(
         default=False,
