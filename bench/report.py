@@ -187,19 +187,23 @@ def telemetry_cpu_table(data: dict[str, Any]) -> str:
     """bench_telemetry_cpu: the router's CPU per cloud request in process, part by part, and the export process's."""
     sides = data.get("sides", {})
     lines = [
-        "| telemetry | replica CPU µs/request | added to off | ÷ off | export process CPU µs/request |",
-        "| --- | --- | --- | --- | --- |",
+        "| telemetry | replica CPU µs/request, median batch | added to off | ÷ off | lowest batch | added to off "
+        "| export process CPU µs/request |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     off = _get(sides, "off", "cpu_us_per_request")
+    off_low = _get(sides, "off", "lowest_cpu_us_per_request")
     for side, label in TELEMETRY_CPU_SIDES:
         row = sides.get(side)
         if not row:
             continue
-        cpu = row.get("cpu_us_per_request")
+        cpu, low = row.get("cpu_us_per_request"), row.get("lowest_cpu_us_per_request")
         added = "-" if side == "off" or cpu is None or off is None else f"{cpu - off:+.1f} µs"
+        added_low = "-" if side == "off" or low is None or off_low is None else f"{low - off_low:+.1f} µs"
         child = row.get("export_process_cpu_us_per_request")
         lines.append(
-            f"| {label} | {_num(cpu)} | {added} | {_ratio(cpu, off, '.3f')} | {_num(child) if child else '-'} |"
+            f"| {label} | {_num(cpu)} | {added} | {_ratio(cpu, off, '.3f')} | {_num(low)} | {added_low} "
+            f"| {_num(child) if child else '-'} |"
         )
     spans = data.get("router_spans_received")
     if spans is not None:

@@ -193,9 +193,13 @@ def test_the_docs_have_the_model_markers_and_the_run_all_child_leaves_them_to_ru
 
 def test_telemetry_cpu_table_adds_to_off_and_shows_the_export_process_apart() -> None:
     sides = {
-        "off": {"cpu_us_per_request": 1000.0, "export_process_cpu_us_per_request": 0.0},
-        "span": {"cpu_us_per_request": 1080.0, "export_process_cpu_us_per_request": 0.0},
-        "process": {"cpu_us_per_request": 1100.0, "export_process_cpu_us_per_request": 150.0},
+        "off": {"cpu_us_per_request": 1000.0, "lowest_cpu_us_per_request": 900.0},
+        "span": {"cpu_us_per_request": 1080.0, "lowest_cpu_us_per_request": 990.0},
+        "process": {
+            "cpu_us_per_request": 1100.0,
+            "lowest_cpu_us_per_request": 950.0,
+            "export_process_cpu_us_per_request": 150.0,
+        },
     }  # no `thread` side in this run: no row, no crash
     table = report.telemetry_cpu_table({"sides": sides, "router_spans_received": 42})
     rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line][1:]
@@ -205,6 +209,7 @@ def test_telemetry_cpu_table_adds_to_off_and_shows_the_export_process_apart() ->
         "| OTLP as deployed: a LightSpan in the replica; the SDK's span built and encoded in the export process",
     ]
     span, process = rows[1].split(" | "), rows[2].split(" | ")
-    assert span[1:4] == ["1080.0", "+80.0 µs", "1.080x"] and span[4] == "- |"
-    assert process[1:4] == ["1100.0", "+100.0 µs", "1.100x"] and process[4] == "150.0 |"
+    assert span[1:6] == ["1080.0", "+80.0 µs", "1.080x", "990.0", "+90.0 µs"] and span[6] == "- |"
+    assert process[1:6] == ["1100.0", "+100.0 µs", "1.100x", "950.0", "+50.0 µs"] and process[6] == "150.0 |"
+    assert rows[0].split(" | ")[4:6] == ["900.0", "-"]  # off is the baseline of both columns
     assert table.endswith("Router spans the sink received from the two exporting sides: 42.")
