@@ -1,9 +1,10 @@
 """The spend ledger every router replica shares: a named Ray actor over `LedgerState`, snapshotted to a file.
 
-Replicas call it only to take a lease (when theirs cannot cover a request) and, in the background, to report
-settled spend. `ProcessLedger` is the same state in the calling process (tests, the dev server, one replica).
-The actor is detached and named, so router restarts and redeploys find the same counters; its snapshot file (a
-volume) brings them back after the actor itself restarts.
+Replicas call it only to take a lease (when theirs cannot cover a request) and, in the background, to report settled
+spend (the reply names the counters the ledger is short of, whose unused leases they give back). `ProcessLedger` is
+the same state in the calling process (tests, the dev server, one replica). The actor is detached and named, so
+router restarts and redeploys find the same counters; its snapshot file (a volume) brings them back after the actor
+itself restarts.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ class Ledger(Protocol):
         """(granted amount, epoch)."""
         ...
 
-    async def report(self, replica: str, reports: Mapping[str, Report]) -> str:
-        """Books the reports; returns the epoch."""
+    async def report(self, replica: str, reports: Mapping[str, Report]) -> tuple[str, list[str]]:
+        """Books the reports; returns the epoch and the short counters whose unused lease the replica should give
+        back (a ledger actor of an earlier release returns the epoch alone)."""
         ...
 
     async def totals(self) -> dict[str, Any]: ...
@@ -72,14 +74,15 @@ class LedgerCore:
         granted = self.state.grant(replica, key, end=end, limit=limit, want=want, need=need, now=now)
         return granted, self.epoch
 
-    def report(self, replica: str, reports: Mapping[str, Report]) -> str:
-        """Books a replica's reports (an empty one is its heartbeat); snapshots when changed and due."""
+    def report(self, replica: str, reports: Mapping[str, Report]) -> tuple[str, list[str]]:
+        """Books a replica's reports (an empty one is its heartbeat); snapshots when changed and due. Returns the
+        epoch and the short counters the replica holds leases of."""
         now = self._clock()
         self.state.report(replica, reports, now=now)
         self._dirty = self._dirty or bool(reports)
         if self._dirty and now - self._snapshot_at >= self._interval:
             self.snapshot()
-        return self.epoch
+        return self.epoch, self.state.reclaim(replica)
 
     def totals(self) -> dict[str, Any]:
         state = self.state
@@ -113,7 +116,7 @@ class ProcessLedger:
     async def grant(self, replica: str, key: str, *, end: float, limit: float, want: float, need: float) -> tuple:
         return self.core.grant(replica, key, end=end, limit=limit, want=want, need=need)
 
-    async def report(self, replica: str, reports: Mapping[str, Report]) -> str:
+    async def report(self, replica: str, reports: Mapping[str, Report]) -> tuple[str, list[str]]:
         return self.core.report(replica, reports)
 
     async def totals(self) -> dict[str, Any]:
@@ -131,7 +134,7 @@ class LedgerActor:
     def grant(self, replica: str, key: str, end: float, limit: float, want: float, need: float) -> tuple:
         return self.core.grant(replica, key, end=end, limit=limit, want=want, need=need)
 
-    def report(self, replica: str, reports: dict[str, tuple[float, float, float]]) -> str:
+    def report(self, replica: str, reports: dict[str, tuple[float, float, float]]) -> tuple[str, list[str]]:
         return self.core.report(replica, {key: Report(*value) for key, value in reports.items()})
 
     def totals(self) -> dict[str, Any]:
@@ -165,9 +168,10 @@ class ActorLedger:
     async def grant(self, replica: str, key: str, *, end: float, limit: float, want: float, need: float) -> tuple:
         return await self.handle.grant.remote(replica, key, end, limit, want, need)
 
-    async def report(self, replica: str, reports: Mapping[str, Report]) -> str:
+    async def report(self, replica: str, reports: Mapping[str, Report]) -> tuple[str, list[str]]:
         plain = {key: (r.spent, r.released, r.end) for key, r in reports.items()}
-        return await self.handle.report.remote(replica, plain)
+        reply = await self.handle.report.remote(replica, plain)
+        return (reply, []) if isinstance(reply, str) else (reply[0], list(reply[1]))
 
     async def totals(self) -> dict[str, Any]:
         return await self.handle.totals.remote()

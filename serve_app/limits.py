@@ -9,7 +9,7 @@ window overshoots only by what requests cost beyond their reservation (see docs/
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
@@ -171,6 +171,16 @@ class LeaseBook:
                 self.remaining[key] = self.remaining.get(key, 0.0) + report.released
                 self.ends[key] = report.end
 
+    def release(self, keys: Iterable[str]) -> dict[str, Report]:
+        """Gives back the unused lease of each of `keys` (the ledger is short of them): the reports that send it."""
+        reports: dict[str, Report] = {}
+        for key in keys:
+            unused = self.remaining.get(key, 0.0)
+            if unused > 0 and key in self.ends:
+                self.remaining[key] = 0.0
+                reports[key] = Report(spent=0.0, released=unused, end=self.ends[key])
+        return reports
+
     def forget_leases(self) -> None:
         """The ledger restarted without knowing this replica's leases: drop them (unreported spend is kept)."""
         self.remaining = {key: min(value, 0.0) for key, value in self.remaining.items()}
@@ -182,13 +192,16 @@ class LeaseBook:
 @dataclass
 class LedgerState:
     """Spend per counter and outstanding leases per replica. A lease may be negative: a replica that overdrew pays
-    its deficit from its next grant, so `spent + leased` stays what has been admitted."""
+    its deficit from its next grant, so `spent + leased` stays what has been admitted. A counter is `short` once a
+    grant was refused: from then on, until its window ends, its holders give their unused leases back when they
+    report, so what is left of the limit pools here instead of idling in one replica's lease."""
 
     spent: dict[str, float] = field(default_factory=dict)
     ends: dict[str, float] = field(default_factory=dict)
     leases: dict[str, dict[str, float]] = field(default_factory=dict)  # key -> replica -> outstanding
     seen: dict[str, float] = field(default_factory=dict)  # replica -> last heard from
     limits: dict[str, float] = field(default_factory=dict)  # key -> the limit's amount, as last named by a replica
+    short: dict[str, float] = field(default_factory=dict)  # key -> when a grant of it was last refused
 
     def available(self, key: str, limit: float) -> float:
         return limit - self.spent.get(key, 0.0) - sum(self.leases.get(key, {}).values())
@@ -200,6 +213,7 @@ class LedgerState:
         self.limits[key] = limit
         available = self.available(key, limit)
         if available <= 0 or available < need:
+            self.short[key] = now
             return 0.0
         granted = min(max(want, need), available)
         holders = self.leases.setdefault(key, {})
@@ -215,6 +229,10 @@ class LedgerState:
             holders = self.leases.setdefault(key, {})
             holders[replica] = holders.get(replica, 0.0) - report.spent - report.released
 
+    def reclaim(self, replica: str) -> list[str]:
+        """The short counters of which `replica` holds a lease: it should give back what it does not use."""
+        return [key for key in self.short if self.leases.get(key, {}).get(replica, 0.0) > 0]
+
     def expire(self, *, now: float, lease_ttl_s: float, keep_s: float) -> None:
         """Drops the leases of replicas silent for `lease_ttl_s` (their unused budget returns), and counters whose
         window ended more than `keep_s` ago."""
@@ -225,7 +243,7 @@ class LedgerState:
                 holders.pop(replica, None)
         for key, end in list(self.ends.items()):
             if now - end > keep_s:
-                for table in (self.spent, self.ends, self.leases, self.limits):
+                for table in (self.spent, self.ends, self.leases, self.limits, self.short):
                     table.pop(key, None)
 
     def snapshot(self) -> dict[str, object]:

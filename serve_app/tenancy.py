@@ -20,7 +20,7 @@ from typing import Any
 from serve_app.config import DEFAULT_TENANT, RouterArgs, TenantLimits
 from serve_app.errors import NoBackendAvailable
 from serve_app.ledger import Ledger
-from serve_app.limits import GLOBAL_SCOPE, LIMIT_NAMES, LeaseBook, Limit, LimitExceeded, limits_of, window
+from serve_app.limits import GLOBAL_SCOPE, LIMIT_NAMES, LeaseBook, Limit, LimitExceeded, Report, limits_of, window
 from serve_app.protocol import ChatCompletionRequest
 from serve_app.routing import RouteDecision
 from serve_app.telemetry.metrics import OTHER, Instrument, MetricsSink
@@ -323,12 +323,19 @@ class Tenancy:
         if not reports and self.ledger_epoch is None:
             return  # the ledger was never used: nothing to report, no lease to keep alive
         # Also when empty: the report is this replica's heartbeat, without which the ledger expires its leases.
+        epoch, short = await self._report(reports)
+        self._check_epoch(epoch)
+        # The ledger refused another replica a lease of these counters: what this one holds unused goes back now,
+        # so that a tenant is not refused while part of its budget idles here.
+        if released := self.book.release(short):
+            await self._report(released)
+
+    async def _report(self, reports: Mapping[str, Report]) -> tuple[str, list[str]]:
         try:
-            epoch = await self._ledger.report(self.replica_id, reports)
+            return await self._ledger.report(self.replica_id, reports)
         except Exception:
             self.book.restore(reports)
             raise
-        self._check_epoch(epoch)
 
     async def _run(self) -> None:
         totals_at = 0.0

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 
 import pytest
 
-from serve_app.ledger import LedgerCore, ProcessLedger
+from serve_app.config import LedgerArgs
+from serve_app.ledger import ActorLedger, LedgerCore, ProcessLedger
 from serve_app.limits import LimitExceeded, Report
 from serve_app.protocol import ChatCompletionRequest
 from serve_app.routing import RouteDecision
@@ -148,3 +150,45 @@ async def test_a_stopping_replica_gives_its_leases_back():
     await replica.aclose()
     assert core.state.leases[key][replica.replica_id] == pytest.approx(0.0)
     assert core.state.spent[key] == pytest.approx(0.0001)
+
+
+async def test_a_refusal_makes_the_other_replicas_give_their_unused_leases_back():
+    """One replica holds half the limit and gets no more traffic; the other is refused once the ledger's rest is
+    spent, then served again from that half after the holder's next report."""
+    core = LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, clock=lambda: T0)
+    ledger = ProcessLedger(core)
+    holder, busy = tenancy(ledger, usd_per_day=0.004, lease_fraction=0.5), tenancy(ledger, usd_per_day=0.004)
+    busy._clock = holder._clock = lambda: T0  # the refusal note expires with time: step it below
+    assert await _request(holder, 0.0001)  # leases 0.002
+    served = 0
+    while await _request(busy, 0.0001):
+        served += 1
+    key = next(iter(core.state.leases))
+    assert core.state.short == {key: T0}
+    assert holder.book.remaining[key] > 0.0018
+    await busy.sync()  # the refused replica holds nothing unused: its report gives nothing back
+    await holder.sync()  # the holder is told the counter is short and gives its unused lease back at once
+    assert holder.book.remaining[key] == 0.0
+    assert core.state.leases[key][holder.replica_id] == pytest.approx(0.0)
+    busy._dry.clear()  # one sync interval later
+    more = 0
+    while await _request(busy, 0.0001):
+        more += 1
+    assert more >= 9  # 0.0019 given back, 0.0001875 reserved per request
+    await busy.sync()
+    reserved = (10 * 3.75 + 10 * 15.0) / 1e6
+    spent = sum(core.totals()["spent"].values())
+    assert 0.004 - reserved * 2 < spent + busy.book.remaining.get(key, 0.0) <= 0.004
+
+
+async def test_a_ledger_actor_of_an_earlier_release_answers_reports_with_the_epoch_alone():
+    """The actor is detached: after an upgrade, new replicas may find one that still runs the earlier code."""
+    core = LedgerCore(snapshot_path=None, snapshot_interval_s=60, lease_ttl_s=30, clock=lambda: T0)
+
+    async def earlier_report(replica, plain):  # `handle.report.remote(...)` of an actor that returns the epoch
+        return core.report(replica, {key: Report(*value) for key, value in plain.items()})[0]
+
+    actor = ActorLedger(LedgerArgs())
+    actor._handle = SimpleNamespace(report=SimpleNamespace(remote=earlier_report))
+    assert await actor.report("r", {"k": Report(1.0, 0.0, T0 + 10)}) == (core.epoch, [])
+    assert core.totals()["spent"] == {"k": 1.0}

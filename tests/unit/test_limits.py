@@ -108,6 +108,25 @@ def test_ledger_grants_never_more_than_remains():
     assert state.grant("r2", "k", end=60, limit=10, want=4, need=3, now=1) == 0  # need more than remains: nothing
 
 
+def test_a_refused_grant_marks_the_counter_short_and_its_holders_give_unused_leases_back():
+    state = LedgerState()
+    books = {"r1": LeaseBook(), "r2": LeaseBook()}
+    books["r1"].give("k", state.grant("r1", "k", end=60, limit=10, want=8, need=1, now=0), 60)
+    assert books["r1"].take("k", 3)  # in flight: stays reserved
+    assert state.reclaim("r1") == []  # nobody was refused yet
+    assert state.grant("r2", "k", end=60, limit=10, want=4, need=3, now=1) == 0  # 2 left
+    assert state.short == {"k": 1} and state.reclaim("r1") == ["k"] and state.reclaim("r2") == []
+    released = books["r1"].release(state.reclaim("r1"))
+    assert released == {"k": Report(spent=0.0, released=5.0, end=60)} and books["r1"].remaining["k"] == 0
+    state.report("r1", released, now=2)
+    assert state.available("k", 10) == 7  # the in-flight 3 stay leased
+    assert state.grant("r2", "k", end=60, limit=10, want=4, need=3, now=2) == 4
+    books["r1"].settle("k", reserved=3, actual=1, end=60)  # the in-flight request ends: its rest returns too
+    assert books["r1"].release(["k", "unknown"]) == {"k": Report(spent=0.0, released=2.0, end=60)}
+    state.expire(now=60 + 3601, lease_ttl_s=1e9, keep_s=3600)
+    assert state.short == {}  # the window ended long ago: forgotten with its counter
+
+
 def test_ledger_lease_of_a_silent_replica_expires():
     state = LedgerState()
     state.grant("dead", "k", end=600, limit=10, want=10, need=1, now=0)
