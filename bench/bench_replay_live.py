@@ -28,8 +28,9 @@ import yaml
 
 from bench import common
 from serve_app.records import read_records
-from serve_app.sim.replay import PolicyConfig, Replayer, check_baseline, evaluate, measured
+from serve_app.sim.replay import PolicyConfig, Replayer, measured
 from serve_app.sim.replay_cli import router_args_of
+from serve_app.sim.replay_eval import check_baseline, evaluate
 from tests.support.anthropic_standin import AnthropicStandIn
 from tests.support.ray_platform import BIN, LOCAL_CONFIG, RayPlatform
 

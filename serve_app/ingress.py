@@ -28,14 +28,13 @@ from serve_app.billing import billed_on_error, billed_usage_chunk, client_usage,
 from serve_app.chat import ChatService
 from serve_app.chat_stream import ChatStream
 from serve_app.errors import InvalidRequest, RequestTooLarge, RouterError, UpstreamError, error_body, error_headers
-from serve_app.messages_api import (
-    MESSAGES_REQUEST_SCHEMA,
+from serve_app.messages_api import MESSAGES_REQUEST_SCHEMA, to_chat_request
+from serve_app.messages_events import (
     error_event,
     events_from_chunk,
     finish_events,
     message_from_chunks,
     new_event_state,
-    to_chat_request,
     usage_event,
 )
 from serve_app.protocol import ChatCompletionRequest, OpenAIBaseModel

@@ -33,14 +33,8 @@ from opentelemetry.instrumentation.utils import is_http_instrumentation_enabled
 from opentelemetry.metrics import NoOpMeterProvider
 from opentelemetry.trace import NoOpTracerProvider, Span, TracerProvider
 
-from serve_app.backends.anthropic_mapping import (
-    new_stream_state,
-    parse_retry_after,
-    redact,
-    to_anthropic_request,
-    translate_event,
-    upstream_error,
-)
+from serve_app.backends.anthropic_errors import parse_retry_after, redact, upstream_error
+from serve_app.backends.anthropic_mapping import new_stream_state, to_anthropic_request, translate_event
 from serve_app.backends.base import BackendName, BackendState
 from serve_app.config import CloudBackendArgs
 from serve_app.errors import (

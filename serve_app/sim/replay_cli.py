@@ -20,16 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from serve_app.sim.aggregate import gpu_total, gpu_usd_per_hour
-from serve_app.sim.replay import (
-    Check,
-    Evaluation,
-    Interval,
-    PolicyConfig,
-    Replayer,
-    check_baseline,
-    evaluate,
-    rank,
-)
+from serve_app.sim.replay import PolicyConfig, Replayer
+from serve_app.sim.replay_eval import Check, Evaluation, Interval, check_baseline, evaluate, rank
 from serve_app.sim.rundir import load_run
 
 BASELINE = "baseline"

@@ -16,7 +16,7 @@ from anthropic._error_classes import ERROR_CLASSES
 from anthropic.types.shared.error_type import ErrorType
 
 from serve_app.backends.anthropic import ROOTS, map_anthropic_errors, rule_for, to_router_error
-from serve_app.backends.anthropic_mapping import ERROR_TYPES, STATUS_ERRORS, parse_retry_after, upstream_error
+from serve_app.backends.anthropic_errors import ERROR_TYPES, STATUS_ERRORS, parse_retry_after, upstream_error
 from serve_app.errors import (
     ContextLengthExceeded,
     RouterError,

@@ -13,14 +13,13 @@ from anthropic.lib.streaming._messages import accumulate_event
 
 from serve_app.backends.anthropic_mapping import new_stream_state, translate_event
 from serve_app.errors import InvalidRequest, UpstreamOverloaded, UpstreamRateLimited
-from serve_app.messages_api import (
+from serve_app.messages_api import ignored_fields, to_chat_request
+from serve_app.messages_events import (
     error_event,
     events_from_chunk,
     finish_events,
-    ignored_fields,
     message_from_chunks,
     new_event_state,
-    to_chat_request,
 )
 from serve_app.sse import encode_event
 

@@ -101,7 +101,7 @@ def _chunk(**delta: Any) -> dict[str, Any]:
 
 
 def test_reasoning_content_becomes_a_thinking_block_with_its_signature():
-    from serve_app.messages_api import message_from_chunks
+    from serve_app.messages_events import message_from_chunks
 
     chunks = [
         _chunk(role="assistant", content=""),

@@ -10,7 +10,8 @@ import pytest
 
 from serve_app.records import RequestRecord
 from serve_app.sim.latency_model import concurrency_at_start, fit_line, fit_local_model, hold_out, local_points
-from serve_app.sim.replay import PolicyConfig, Replayer, check_baseline, evaluate, measured, prompt_tokens, rank
+from serve_app.sim.replay import PolicyConfig, Replayer, measured, prompt_tokens
+from serve_app.sim.replay_eval import check_baseline, evaluate, rank
 from tests.support.sim_runs import T0, record
 
 PRICING = {
