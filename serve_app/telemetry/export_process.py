@@ -128,8 +128,25 @@ def readable_span(record: Record, resource: Resource) -> ReadableSpan:
         status=Status(StatusCode(code), description),
         start_time=start,
         end_time=end,
-        instrumentation_scope=InstrumentationScope(*scope) if scope else None,
+        instrumentation_scope=_scope(scope) if scope else None,
     )
+
+
+_SCOPES: dict[tuple[Any, ...], InstrumentationScope] = {}
+
+
+def _scope(scope: tuple[Any, ...]) -> InstrumentationScope:
+    """One InstrumentationScope per scope without attributes (the encoder groups spans by it: the same object
+    is found by identity, a new one is compared field by field)."""
+    name, version, schema_url, attributes = scope
+    if attributes:
+        return InstrumentationScope(name, version, schema_url, attributes)
+    found = _SCOPES.get((name, version, schema_url))
+    if found is None:
+        found = InstrumentationScope(name, version, schema_url, attributes)
+        if len(_SCOPES) < 256:
+            _SCOPES[(name, version, schema_url)] = found
+    return found
 
 
 # ---- framing -------------------------------------------------------------------------------------------------------

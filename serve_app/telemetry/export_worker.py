@@ -14,10 +14,10 @@ import signal
 import sys
 from typing import IO
 
-from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace.export import SpanExportResult
 
 from serve_app.config import TelemetryArgs
+from serve_app.telemetry.export_encoding import OneResource, memoize_attribute_encoding
 from serve_app.telemetry.export_process import REPLY, read_frame, readable_span
 from serve_app.telemetry.tracing import build_otlp_exporter
 
@@ -30,8 +30,9 @@ def serve(source: IO[bytes], answers: IO[bytes]) -> None:
     if first is None:
         return
     _, settings = first
-    resource = Resource(settings["resource"], settings.get("schema_url"))
+    resource = OneResource(settings["resource"], settings.get("schema_url"))
     exporter = build_otlp_exporter(TelemetryArgs.model_validate(settings["telemetry"]), os.environ)
+    memoize_attribute_encoding()  # this process only encodes spans: the SDK's encoder is ours to tune
     try:
         while (frame := read_frame(source)) is not None:
             batch_id, records = frame
