@@ -120,11 +120,11 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, results in runs.items():
         app = VARIANTS[name][0]
+        cpu = [common.app_cpu(r["cpu_ms_per_request"], app) for r in results]
         out[name] = {
             "req_per_s": round(statistics.fmean(r["req_per_s"] for r in results), 1),
-            "router_cpu_ms_per_request": round(
-                statistics.fmean(r["cpu_ms_per_request"].get(app, 0.0) for r in results), 3
-            ),
+            "router_cpu_ms_per_request": round(statistics.fmean(total for total, _ in cpu), 3),
+            "export_process_cpu_ms_per_request": round(statistics.fmean(export for _, export in cpu), 3),
             "p99_ms": round(statistics.median(r["latency_ms"]["p99"] for r in results), 3),
             "p50_ms": round(statistics.median(r["latency_ms"]["p50"] for r in results), 3),
             "requests": sum(r["requests"] for r in results),
@@ -151,12 +151,14 @@ def paired(s: common.Session, *, quick: bool, variant: str = PAIRED) -> dict[str
         for name in ("off", variant) if i % 2 == 0 else (variant, "off"):
             before = meter.snapshot()
             result = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
-            cpu = meter.per_request_ms(before, meter.snapshot(), result["requests"]).get(VARIANTS[name][0], 0.0)
+            per_request = meter.per_request_ms(before, meter.snapshot(), result["requests"])
+            cpu, export = common.app_cpu(per_request, VARIANTS[name][0])
             pair[name] = {
                 "req_per_s": result["req_per_s"],
                 "p99_ms": result["latency_ms"]["p99"],
                 "requests": result["requests"],
                 "router_cpu_ms_per_request": round(cpu, 3),
+                "export_process_cpu_ms_per_request": round(export, 3),
             }
         pair["req_per_s_ratio"] = common.ratio(pair[variant]["req_per_s"], pair["off"]["req_per_s"])
         pair["p99_ratio"] = common.ratio(pair[variant]["p99_ms"], pair["off"]["p99_ms"])
@@ -172,6 +174,13 @@ def paired(s: common.Session, *, quick: bool, variant: str = PAIRED) -> dict[str
         "p99_ratio_median": round(statistics.median(p99), 3),
         "p99_ratio_range": [min(p99), max(p99)],
         "requests": {name: sum(p[name]["requests"] for p in pairs) for name in ("off", variant)},
+        "router_cpu_ms_per_request_median": {
+            name: round(statistics.median(p[name]["router_cpu_ms_per_request"] for p in pairs), 3)
+            for name in ("off", variant)
+        },
+        "export_process_cpu_ms_per_request_median": round(
+            statistics.median(p[variant]["export_process_cpu_ms_per_request"] for p in pairs), 3
+        ),
     }
 
 

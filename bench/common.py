@@ -517,6 +517,14 @@ NOT_RAY = frozenset({"standin", "litellm"})
 
 
 EXPORT_WORKER = "serve_app.telemetry.export_worker"
+EXPORT_SUFFIX = "/export"  # the CPU group of a replica's export process: the replica's group and this
+
+
+def app_cpu(cpu: dict[str, float], app: str) -> tuple[float, float]:
+    """A Serve application's CPU per request from `CpuMeter.per_request_ms`: (replica and export process together,
+    the export process's part)."""
+    export = cpu.get(app + EXPORT_SUFFIX, 0.0)
+    return cpu.get(app, 0.0) + export, export
 
 
 def _group(cmdline: str) -> str:
@@ -541,10 +549,11 @@ class CpuMeter:
         for process in platform._own_processes():
             with contextlib.suppress(psutil.Error):
                 cmdline = " ".join(process.cmdline())
-                if EXPORT_WORKER in cmdline:  # a replica's span export process counts as that replica's CPU
+                group = _group(cmdline)
+                if EXPORT_WORKER in cmdline:  # a replica's span export process: `<its replica's group>/export`
                     parent = process.parent()
-                    cmdline = " ".join(parent.cmdline()) if parent is not None else cmdline
-                self._procs.setdefault(_group(cmdline), []).append(process)
+                    group = _group(" ".join(parent.cmdline()) if parent is not None else cmdline) + EXPORT_SUFFIX
+                self._procs.setdefault(group, []).append(process)
         for name, pid in (extra or {}).items():
             with contextlib.suppress(psutil.Error):
                 process = psutil.Process(pid)

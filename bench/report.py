@@ -78,13 +78,19 @@ def cloud_table(cloud: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_cell(row: dict[str, Any]) -> str:
+    """The router application's CPU per request, and the export process's part of it when it has one."""
+    total, export = row.get("router_cpu_ms_per_request"), row.get("export_process_cpu_ms_per_request")
+    return _num(total, ".2f") + (f" ({export:.2f})" if export else "")
+
+
 def telemetry_table(tel: dict[str, Any]) -> str:
     lat, tp = tel.get("latency_c1", {}), tel.get("throughput_c16", {})
     off = tp.get("off", {})
     off_p50 = _get(lat, "json", "off", "total_ms", "p50")
     lines = [
         "| telemetry | c=1 p50 (json) | added to off | c=1 TTFT p50 (stream) | req/s c=16 | ÷ off | p99 c=16 | ÷ off "
-        "| router replica CPU ms/request |",
+        "| router CPU ms/request (export process) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for mode, label in (tel.get("labels") or {}).items():
@@ -97,7 +103,7 @@ def telemetry_table(tel: dict[str, Any]) -> str:
         lines.append(
             f"| {label} | {_num(json_p50, '.2f')} ms | {added} | {_num(ttft_p50, '.2f')} ms | "
             f"{_num(row['req_per_s'])} | {_ratio(row['req_per_s'], off.get('req_per_s'))} | {_num(row['p99_ms'])} ms | "
-            f"{_ratio(row['p99_ms'], off.get('p99_ms'))} | {_num(row['router_cpu_ms_per_request'], '.2f')} |"
+            f"{_ratio(row['p99_ms'], off.get('p99_ms'))} | {_cpu_cell(row)} |"
         )
     exported = tel.get("exported_during_run", {})
     if exported:
@@ -153,10 +159,18 @@ def targets_table(tel: dict[str, Any]) -> str:
     if pairs.get("pairs"):
         n, lo, hi = len(pairs["pairs"]), *pairs["req_per_s_ratio_range"]
         p_lo, p_hi = pairs["p99_ratio_range"]
+        cpu = pairs.get("router_cpu_ms_per_request_median") or {}
+        spent = ""
+        if cpu.get("off") is not None and cpu.get(pairs["variant"]) is not None:
+            export = pairs.get("export_process_cpu_ms_per_request_median") or 0.0
+            spent = (
+                f"; router CPU per request {cpu['off']:.2f} ms off, {cpu[pairs['variant']]:.2f} ms on, of which "
+                f"the export process {export:.2f} ms"
+            )
         lines.append(
             f"| (req/s and p99 of {labels.get(pairs['variant'], pairs['variant'])}: medians of {n} adjacent "
-            f"ABBA pairs of {pairs['seconds']} s runs; req/s ratios {lo:.2f}-{hi:.2f}x, p99 {p_lo:.2f}-{p_hi:.2f}x) "
-            "| | |"
+            f"ABBA pairs of {pairs['seconds']} s runs; req/s ratios {lo:.2f}-{hi:.2f}x, p99 {p_lo:.2f}-{p_hi:.2f}x"
+            f"{spent}) | | |"
         )
     if exported:
         spans, gens = exported.get("router_spans_per_request"), exported.get("generations_per_request")

@@ -67,12 +67,25 @@ def test_the_deployed_variant_is_judged_by_the_median_of_its_adjacent_pairs_when
         "req_per_s_ratio_range": [0.91, 0.99],
         "p99_ratio_median": 1.1,
         "p99_ratio_range": [1.02, 1.3],
+        "router_cpu_ms_per_request_median": {"off": 1.9, "otlp": 2.15},
+        "export_process_cpu_ms_per_request_median": 0.1,
     }
     rows = {line.split("|")[1].strip(): line.split("|") for line in report.targets_table(tel).splitlines()}
     assert rows["req/s at c=16, ÷ off"][3].strip() == "0.96x (met)"
     assert rows["req/s at c=16, ÷ off"][4].strip() == "0.90x (**not met**)"  # `direct` keeps its own runs
     assert rows["p99 at c=16, ÷ off"][3].strip() == "1.10x (met)"
     assert any("medians of 5 adjacent ABBA pairs" in line[1] and "0.91-0.99x" in line[1] for line in rows.values())
+    assert any("1.90 ms off, 2.15 ms on, of which the export process 0.10 ms" in line[1] for line in rows.values())
+
+
+def test_the_telemetry_table_shows_the_export_process_part_of_the_router_cpu() -> None:
+    tel = _telemetry(on_rps=96.0, on_p99=11.9, on_p50=5.2)
+    tel["throughput_c16"]["otlp"] |= {"router_cpu_ms_per_request": 2.25, "export_process_cpu_ms_per_request": 0.104}
+    del tel["exported_during_run"]  # the counts' sentence is not this test's
+    table = report.telemetry_table(tel).splitlines()
+    cells = {line.split("|")[1].strip(): line.split("|")[-2].strip() for line in table if line.startswith("|")}
+    assert cells["as deployed"] == "2.25 (0.10)"
+    assert cells["off"] == "1.00"  # no export process: the total alone
 
 
 def _side(ttft_p50: float, ttft_p95: float, itl_p50: float, streams: int = 8) -> dict:
