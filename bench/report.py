@@ -167,10 +167,12 @@ def targets_table(tel: dict[str, Any]) -> str:
                 f"; router CPU per request {cpu['off']:.2f} ms off, {cpu[pairs['variant']]:.2f} ms on, of which "
                 f"the export process {export:.2f} ms"
             )
+        if pairs.get("router_spans_per_request") is not None:
+            spent += f"; {pairs['router_spans_per_request']:.3f} router spans exported per request"
         lines.append(
             f"| (req/s and p99 of {labels.get(pairs['variant'], pairs['variant'])}: medians of {n} adjacent "
-            f"ABBA pairs of {pairs['seconds']} s runs; req/s ratios {lo:.2f}-{hi:.2f}x, p99 {p_lo:.2f}-{p_hi:.2f}x"
-            f"{spent}) | | |"
+            f"ABBA pairs of {pairs['seconds']} s runs in a cluster with only it and off deployed; req/s ratios "
+            f"{lo:.2f}-{hi:.2f}x, p99 {p_lo:.2f}-{p_hi:.2f}x{spent}) | | |"
         )
     if exported:
         spans, gens = exported.get("router_spans_per_request"), exported.get("generations_per_request")

@@ -4,8 +4,9 @@ Phases (`BENCH_PHASES` or `--only`), each with nothing else of the benchmark run
   cloud   one Ray cluster with the routers and the bare forwarder only (no model replica), HAProxy ingress,
           LiteLLM's proxy (pinned, its own venv under .cache/) and the Anthropic stand-in: bench_cloud (router,
           router with telemetry off, forwarder, LiteLLM, stand-in directly) then bench_router_telemetry
-          (telemetry off and each export variant, spans and generations counted by a discarding sink), then,
-          with the cluster stopped, bench_telemetry_cpu (the router span's CPU part by part, in process)
+          (telemetry off and each export variant, spans and generations counted by a discarding sink); then a
+          cluster with only the router and its telemetry-off twin for the ABBA pairs the targets are judged on;
+          then, with no cluster, bench_telemetry_cpu (the router span's CPU part by part, in process)
   model   the default local model: bench/bench_default_model.py in its own process (vLLM's own server, Ray's
           OpenAiIngress and the router; TTFT and inter-token latency at c=1 and c=8)
   micro   in process, no cluster: the Observation micro-benchmark and the router's CPU per cloud request
@@ -91,9 +92,10 @@ def main() -> None:
     if "cloud" in phases:
         with common.session(opts.proxy, with_model=False, litellm=True, routers=bench_router_telemetry.ROUTERS) as s:
             bench_cloud.run(s, quick=opts.quick)
-            bench_router_telemetry.run(s, quick=opts.quick)
+            telemetry = bench_router_telemetry.run(s, quick=opts.quick)
             if opts.profile:
                 print(f"  profile: {bench_router_telemetry.profile(s)}")
+        bench_router_telemetry.finish(telemetry, opts.proxy, quick=opts.quick)  # the pairs, in their own cluster
         bench_telemetry_cpu.run(quick=opts.quick)  # in process, once the cluster is gone
     if "model" in phases and model(opts.quick) != 0:
         print("the default-model phase failed; its table is left as it was", file=sys.stderr)

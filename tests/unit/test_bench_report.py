@@ -69,6 +69,7 @@ def test_the_deployed_variant_is_judged_by_the_median_of_its_adjacent_pairs_when
         "p99_ratio_range": [1.02, 1.3],
         "router_cpu_ms_per_request_median": {"off": 1.9, "otlp": 2.15},
         "export_process_cpu_ms_per_request_median": 0.1,
+        "router_spans_per_request": 1.004,
     }
     rows = {line.split("|")[1].strip(): line.split("|") for line in report.targets_table(tel).splitlines()}
     assert rows["req/s at c=16, ÷ off"][3].strip() == "0.96x (met)"
@@ -76,6 +77,7 @@ def test_the_deployed_variant_is_judged_by_the_median_of_its_adjacent_pairs_when
     assert rows["p99 at c=16, ÷ off"][3].strip() == "1.10x (met)"
     assert any("medians of 5 adjacent ABBA pairs" in line[1] and "0.91-0.99x" in line[1] for line in rows.values())
     assert any("1.90 ms off, 2.15 ms on, of which the export process 0.10 ms" in line[1] for line in rows.values())
+    assert any("1.004 router spans exported per request" in line[1] for line in rows.values())
 
 
 def test_the_telemetry_table_shows_the_export_process_part_of_the_router_cpu() -> None:
