@@ -193,8 +193,9 @@ class LeaseBook:
 class LedgerState:
     """Spend per counter and outstanding leases per replica. A lease may be negative: a replica that overdrew pays
     its deficit from its next grant, so `spent + leased` stays what has been admitted. A counter is `short` once a
-    grant was refused: from then on, until its window ends, its holders give their unused leases back when they
-    report, so what is left of the limit pools here instead of idling in one replica's lease."""
+    grant was refused with less than a lease's worth unleased: from then on, until its window ends, its holders
+    give their unused leases back when they report, so what is left of the limit pools here instead of idling in
+    one replica's lease."""
 
     spent: dict[str, float] = field(default_factory=dict)
     ends: dict[str, float] = field(default_factory=dict)
@@ -213,7 +214,8 @@ class LedgerState:
         self.limits[key] = limit
         available = self.available(key, limit)
         if available <= 0 or available < need:
-            self.short[key] = now
+            if available < want:  # the counter's last stretch (not merely one request larger than a lease)
+                self.short[key] = now
             return 0.0
         granted = min(max(want, need), available)
         holders = self.leases.setdefault(key, {})

@@ -127,6 +127,13 @@ def test_a_refused_grant_marks_the_counter_short_and_its_holders_give_unused_lea
     assert state.short == {}  # the window ended long ago: forgotten with its counter
 
 
+def test_one_request_larger_than_what_remains_does_not_make_a_roomy_counter_short():
+    state = LedgerState()
+    assert state.grant("r1", "k", end=60, limit=100, want=5, need=1, now=0) == 5
+    assert state.grant("r2", "k", end=60, limit=100, want=5, need=99, now=0) == 0  # 95 left: this one is too big
+    assert state.short == {} and state.reclaim("r1") == []  # r1 keeps its lease: no remote call per sync
+
+
 def test_ledger_lease_of_a_silent_replica_expires():
     state = LedgerState()
     state.grant("dead", "k", end=600, limit=10, want=10, need=1, now=0)
