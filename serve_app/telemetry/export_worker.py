@@ -3,7 +3,8 @@
 Started by `export_process.ChildProcessExporter` as `python -m serve_app.telemetry.export_worker`. The first frame
 holds the settings (resource, telemetry arguments); each later frame one batch, answered on stdout with its id and
 whether the collector took it. The OTLP endpoint, headers, TLS and compression come from the OTEL_EXPORTER_OTLP_*
-variables, as in the replica. It exits when stdin closes: the replica shut it down or died.
+variables, as in the replica. It exits when stdin closes or its answers cannot be written: the replica shut it
+down, gave up on it, or died.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ logger = logging.getLogger(__name__)
 
 
 def serve(source: IO[bytes], answers: IO[bytes]) -> None:
-    """Exports every batch read from `source` and answers it on `answers` until `source` ends."""
+    """Exports every batch read from `source` and answers it on `answers` until `source` ends or `answers` is
+    closed."""
     first = read_frame(source)
     if first is None:
         return
@@ -41,8 +43,11 @@ def serve(source: IO[bytes], answers: IO[bytes]) -> None:
             except Exception:
                 logger.exception("span export failed")
                 ok = False
-            answers.write(REPLY.pack(batch_id, ok))
-            answers.flush()
+            try:
+                answers.write(REPLY.pack(batch_id, ok))
+                answers.flush()
+            except BrokenPipeError:  # the replica closed its end (it stopped waiting): we are done
+                return
     finally:
         exporter.shutdown()
 

@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from serve_app.telemetry import InMemoryMetricsSink, Telemetry
-from serve_app.telemetry.export_process import ChildProcessExporter
+from serve_app.telemetry.export_process import WORKER_MODULE, ChildProcessExporter, span_record, write_frame
 from serve_app.telemetry.observation import Observation
 from tests.component.test_telemetry_export import backend, finish, one_request, router_args
 from tests.support.otlp_receiver import OtlpHttpReceiver
@@ -132,6 +132,34 @@ def test_a_child_that_dies_while_a_batch_waits_for_its_answer_costs_that_batch_o
         assert {s.attributes["llm.request_id"] for s in tempo.spans} == {"next0", "next1"}  # "stuck" died with it
 
 
+def test_a_child_whose_replica_stopped_listening_exits_quietly() -> None:
+    """The replica gave up on a slow batch and closed the pipe it reads answers from: the child's answer has
+    nowhere to go. It leaves at once with status 0 and no traceback in the replica's log."""
+    with OtlpHttpReceiver(mode="hang") as tempo:
+        child = subprocess.Popen(
+            [sys.executable, "-m", WORKER_MODULE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": tempo.base_url},
+        )
+        assert child.stdin is not None and child.stdout is not None and child.stderr is not None
+        try:
+            settings = {"resource": {"service.name": "router-test"}, "telemetry": {"export_timeout_s": 5.0}}
+            write_frame(child.stdin, 0, settings)
+            write_frame(child.stdin, 1, [span_record(s) for s in _spans(1, "late")])
+            wait_for(lambda: tempo.held > 0, "the batch to reach the collector", timeout=20)
+            child.stdout.close()  # the replica stops listening while the collector holds the batch
+            tempo.mode = "ok"  # the exporter's retry gets through, and the child answers
+            tempo.release()
+            assert child.wait(timeout=20) == 0  # its stdin is still open: it left because the answer failed
+            errors = child.stderr.read().decode()
+        finally:
+            child.kill()
+            child.wait()
+        assert "Traceback" not in errors and "BrokenPipe" not in errors
+
+
 def test_shutdown_ends_the_child() -> None:
     with OtlpHttpReceiver() as tempo:
         exporter = _exporter(tempo.base_url)
@@ -149,7 +177,7 @@ def test_the_child_exits_when_its_replica_is_killed() -> None:
             f"""
             import os, sys, time
             from opentelemetry.sdk.resources import Resource
-            from serve_app.telemetry.export_process import ChildProcessExporter
+            from serve_app.telemetry.export_process import WORKER_MODULE, ChildProcessExporter, span_record, write_frame
             e = ChildProcessExporter(resource=Resource({{}}), telemetry_args={{}}, timeout_s=1.0,
                                      environ={{**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": "{tempo.base_url}"}})
             print(e.pid, flush=True)

@@ -92,6 +92,7 @@ class _Handler(BaseHTTPRequestHandler):
         if self.path != receiver.path:
             return self._reply(404, b"not found")
         if receiver.mode == "hang":
+            receiver.held += 1
             receiver.released.wait(60)
             return self._reply(503, b"hung")
         if receiver.mode == "refuse":
@@ -134,6 +135,7 @@ class OtlpHttpReceiver:
         self.mode = mode
         self.recorded = Recorded()
         self.released = threading.Event()
+        self.held = 0  # requests held in "hang" mode
         self._server = _Server(("127.0.0.1", 0), _Handler)
         self._server.receiver = self
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
