@@ -150,15 +150,21 @@ class RayPlatform:
         )
 
     def start(self, *, ready_timeout: float = 420) -> RayPlatform:
+        """Starts the cluster and deploys; a failure raises with Ray's own output. Call `stop()` either way:
+        a `ray start` that fails part-way leaves the processes it had started."""
         self.write_config()
-        self.run(
+        started = self.run(
             str(BIN / "ray"), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={self.gcs_port}",
             "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard_port}",
             f"--metrics-export-port={self.metrics_port}", "--num-cpus=8", "--disable-usage-stats",
             f"--temp-dir={self.ray_tmp}", f"--ray-client-server-port={free_port()}",
             f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}", check=False,
         )  # fmt: skip
+        if started.returncode != 0:
+            raise RuntimeError(
+                f"ray start failed ({started.returncode}):\n{started.stdout[-3000:]}\n{started.stderr[-3000:]}"
+            )
         self.deploy()
         if "llm" in self.apps:
             self.wait_local_ready(ready_timeout)
@@ -201,16 +207,25 @@ class RayPlatform:
         raise TimeoutError(f"local backend not ready={ready} after {timeout}s:\n{status.stdout}\n{status.stderr}")
 
     def stop(self) -> None:
-        """Stops this cluster only (`ray stop` would stop every Ray cluster on the machine)."""
-        self.run(str(BIN / "serve"), "shutdown", "-y", "-a", self.dashboard_url, check=False, timeout=60)
-        _terminate(self._own_processes())
+        """Stops this cluster only (`ray stop` would stop every Ray cluster on the machine), also one that never
+        fully started or no longer answers; never raises."""
+        with contextlib.suppress(subprocess.SubprocessError, OSError):  # a hung `serve shutdown` must not skip the rest
+            self.run(str(BIN / "serve"), "shutdown", "-y", "-a", self.dashboard_url, check=False, timeout=60)
+        for _ in range(3):  # a dying cluster may still start a process (a replica's restart) while we wait
+            processes = self._own_processes()
+            if not processes:
+                break
+            _terminate(processes)
         shutil.rmtree(self.ray_tmp, ignore_errors=True)
 
     def _own_processes(self) -> list[psutil.Process]:
+        """This cluster's processes: those naming its temp dir or its GCS (by any of the node's addresses: the Ray
+        client server names the machine's address, not the loopback one), and their children."""
+        gcs = f":{self.gcs_port}"
         roots = []
         for process in psutil.process_iter(["cmdline"]):
-            cmdline = " ".join(process.info["cmdline"] or [])
-            if str(self.ray_tmp) in cmdline or self.address in cmdline:
+            args = process.info["cmdline"] or []
+            if any(str(self.ray_tmp) in arg or arg.endswith(gcs) for arg in args):
                 roots.append(process)
         found = {p.pid: p for p in roots}
         for root in roots:
