@@ -37,7 +37,7 @@ from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
 from opentelemetry.util.types import Attributes
 
-from serve_app.telemetry.light_span import LightSpan, Record
+from serve_app.telemetry.light_span import LightSpan, Record, attribute_limits, fold
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +79,7 @@ def span_record(span: ReadableSpan) -> Record:
         ),
         span.dropped_links,
         (scope.name, scope.version, scope.schema_url, _attrs(scope.attributes)) if scope else None,
+        (),  # deferred attribute updates: an SDK span has none
     )
 
 
@@ -104,10 +105,15 @@ def _bounded_list(items: list[Any], dropped: int) -> Sequence[Any]:
     return bounded
 
 
-def readable_span(record: Record, resource: Resource) -> ReadableSpan:
-    """The span `span_record` flattened, as the SDK's exporters take it."""
+def readable_span(record: Record, resource: Resource, limits: tuple[int, int | None] | None = None) -> ReadableSpan:
+    """The span `span_record` (or `LightSpan.record`) flattened, as the SDK's exporters take it; `limits`, the
+    attribute limits for deferred updates (`light_span.attribute_limits()`, read once by the caller that has many
+    spans to rebuild)."""
     (name, ctx, parent, kind, start, end, code, description, attributes, dropped_attributes,
-     events, dropped_events, links, dropped_links, scope) = record  # fmt: skip
+     events, dropped_events, links, dropped_links, scope, updates) = record  # fmt: skip
+    if updates:  # a LightSpan's attributes set after its start: built here, off the replica's loop
+        limits = limits or attribute_limits()  # the replica's: the export process has its environment
+        attributes, dropped_attributes = fold(attributes, dropped_attributes, updates, limits)
     context = None
     if ctx is not None:
         trace_id, span_id, flags, state = ctx

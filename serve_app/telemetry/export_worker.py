@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import SpanExportResult
 from serve_app.config import TelemetryArgs
 from serve_app.telemetry.export_encoding import OneResource, memoize_attribute_encoding
 from serve_app.telemetry.export_process import REPLY, read_frame, readable_span
+from serve_app.telemetry.light_span import attribute_limits
 from serve_app.telemetry.tracing import build_otlp_exporter
 
 logger = logging.getLogger(__name__)
@@ -35,11 +36,12 @@ def serve(source: IO[bytes], answers: IO[bytes]) -> None:
     resource = OneResource(settings["resource"], settings.get("schema_url"))
     exporter = build_otlp_exporter(TelemetryArgs.model_validate(settings["telemetry"]), os.environ)
     memoize_attribute_encoding()  # this process only encodes spans: the SDK's encoder is ours to tune
+    limits = attribute_limits()  # the replica's OTEL_*_LIMIT variables: this process has its environment
     try:
         while (frame := read_frame(source)) is not None:
             batch_id, records = frame
             try:
-                ok = exporter.export([readable_span(r, resource) for r in records]) is SpanExportResult.SUCCESS
+                ok = exporter.export([readable_span(r, resource, limits) for r in records]) is SpanExportResult.SUCCESS
             except Exception:
                 logger.exception("span export failed")
                 ok = False

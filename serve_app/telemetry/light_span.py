@@ -6,8 +6,11 @@ trace context sent upstream and the sampling are the SDK's. Its attributes go in
 numbers as they are, any other value cleaned by the SDK's own attribute mapping, the OTEL_*_LIMIT variables
 applied as the SDK applies them. When it ends it becomes the record that `export_process.span_record` makes of an
 SDK span: the BatchSpanProcessor queues it, the export process rebuilds it as the SDK's ReadableSpan and the SDK's
-exporter encodes it. In process, the SDK span alone (locks, validation of every attribute) added about 90 µs to a
-request's 1.4 ms of CPU, the whole deployed path with this one about 50 µs (docs/benchmarks.md, finding 11).
+exporter encodes it. Attributes the router sets after the span's start can be deferred (`defer`): a mapping
+from span_attributes.py and its plain facts travel in the record, and the export process builds the attributes
+(`fold`), with the same limits, in the order of every update. In process, the SDK span alone (locks, validation
+of every attribute) added about 90 µs to a request's 1.4 ms of CPU, the whole deployed path with this one about
+50 µs (docs/benchmarks.md, finding 11).
 
 Everything else (client spans of the backends' HTTP calls, the direct Langfuse exporter, a provider a caller
 passes in) keeps the SDK's span.
@@ -15,10 +18,11 @@ passes in) keeps the SDK's span.
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import NoneType
 from typing import Any
 
@@ -28,6 +32,8 @@ from opentelemetry.context import Context
 from opentelemetry.sdk.trace import SpanLimits, SpanProcessor, TracerProvider
 from opentelemetry.trace import SpanContext, SpanKind, Status, StatusCode, TraceFlags
 from opentelemetry.util.types import AnyValue, Attributes
+
+logger = logging.getLogger(__name__)
 
 Record = tuple[Any, ...]
 _SCALARS = (bool, int, float, bytes, NoneType)
@@ -45,6 +51,48 @@ def _clean(value: object, max_len: int | None) -> AnyValue:
     return BoundedAttributes(attributes={"v": value}, max_value_len=max_len)["v"]  # type: ignore[dict-item]
 
 
+def attribute_limits() -> tuple[int, int | None]:
+    """The span attribute count and value length limits: the OTEL_*_LIMIT variables, as the SDK reads them."""
+    limits = SpanLimits()
+    count = limits.max_span_attributes if limits.max_span_attributes is not None else sys.maxsize
+    return count, limits.max_span_attribute_length
+
+
+def _apply(attrs: dict[str, AnyValue], attributes: Mapping[str, Any], max_attributes: int, max_len: int | None) -> int:
+    """Sets `attributes` on `attrs` as the SDK's bounded mapping does; the number dropped."""
+    dropped = 0
+    for key, value in attributes.items():
+        if not key or not max_attributes:
+            dropped += 1
+            continue
+        if key not in attrs and len(attrs) >= max_attributes:
+            del attrs[next(iter(attrs))]  # as the SDK's bounded mapping: the oldest gives way
+            dropped += 1
+        attrs[key] = _clean(value, max_len)
+    return dropped
+
+
+def _given(attributes: dict[str, AnyValue]) -> dict[str, AnyValue]:
+    return attributes
+
+
+Update = tuple[Callable[..., Mapping[str, Any]], tuple[Any, ...]]
+
+
+def fold(
+    attributes: dict[str, AnyValue], dropped: int, updates: tuple[Update, ...], limits: tuple[int, int | None]
+) -> tuple[dict[str, AnyValue], int]:
+    """The attributes of a record with its deferred updates applied in order (the export process's side); an
+    update whose mapping fails is left out and logged, the span keeps the rest."""
+    max_attributes, max_len = limits
+    for mapping, facts in updates:
+        try:
+            dropped += _apply(attributes, mapping(*facts), max_attributes, max_len)
+        except Exception:
+            logger.warning("a deferred span attribute mapping (%s) failed", getattr(mapping, "__name__", mapping))
+    return attributes, dropped
+
+
 class LightTracer:
     """Starts `LightSpan`s for one instrumentation scope; the same context decisions as the SDK's tracer."""
 
@@ -53,9 +101,7 @@ class LightTracer:
         self._ids = provider.id_generator
         self.processor = processor
         self.scope = (name, version, None, {})  # as `span_record` flattens the SDK's InstrumentationScope
-        limits = SpanLimits()  # the OTEL_*_LIMIT variables, as the SDK reads them
-        self.max_attributes = limits.max_span_attributes if limits.max_span_attributes is not None else sys.maxsize
-        self.max_value_len = limits.max_span_attribute_length
+        self.max_attributes, self.max_value_len = attribute_limits()
 
     def start_span(
         self,
@@ -114,6 +160,7 @@ class LightSpan(trace.Span):
         self._end: int | None = None
         self._attributes: dict[str, AnyValue] = {}
         self._dropped_attributes = 0
+        self._updates: list[Update] = []  # deferred attribute updates, applied by the export process
         self._events: list[tuple[str, int, dict[str, AnyValue]]] = []
         self._status = (StatusCode.UNSET, None)
 
@@ -131,15 +178,17 @@ class LightSpan(trace.Span):
     def set_attributes(self, attributes: Mapping[str, AnyValue]) -> None:
         if self._end is not None:
             return
-        tracer, attrs = self._tracer, self._attributes
-        for key, value in attributes.items():
-            if not key or not tracer.max_attributes:
-                self._dropped_attributes += 1
-                continue
-            if key not in attrs and len(attrs) >= tracer.max_attributes:
-                del attrs[next(iter(attrs))]  # as the SDK's bounded mapping: the oldest gives way
-                self._dropped_attributes += 1
-            attrs[key] = _clean(value, tracer.max_value_len)
+        tracer = self._tracer
+        if self._updates:  # an earlier update waits for the export process: this one follows it there, in order
+            self._updates.append((_given, ({k: _clean(v, tracer.max_value_len) for k, v in attributes.items()},)))
+            return
+        self._dropped_attributes += _apply(self._attributes, attributes, tracer.max_attributes, tracer.max_value_len)
+
+    def defer(self, mapping: Callable[..., Mapping[str, Any]], facts: tuple[Any, ...]) -> None:
+        """Sets the attributes `mapping(*facts)` gives when the export process rebuilds the span, in the order of
+        every update; `mapping` is a module-level function and `facts` picklable (span_attributes.py)."""
+        if self._end is None:
+            self._updates.append((mapping, facts))
 
     def add_event(self, name: str, attributes: Attributes = None, timestamp: int | None = None) -> None:
         if self._end is not None:
@@ -187,7 +236,7 @@ class LightSpan(trace.Span):
     # ---- for the export process ------------------------------------------------------------------------------
 
     def record(self) -> Record:
-        """The ended span in `export_process.span_record`'s shape."""
+        """The ended span in `export_process.span_record`'s shape, its deferred updates last."""
         ctx, parent = self.context, self._parent
         return (
             self._name,
@@ -205,4 +254,5 @@ class LightSpan(trace.Span):
             (),
             0,
             self._tracer.scope,
+            tuple(self._updates),
         )

@@ -9,11 +9,9 @@ a count in `router_telemetry_dropped_total{sink}`.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -22,7 +20,9 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from serve_app.errors import RouterError
 from serve_app.telemetry.cost import RequestCost
+from serve_app.telemetry.light_span import LightSpan
 from serve_app.telemetry.request_log import RequestFeatures, build_record, http_status
+from serve_app.telemetry.span_attributes import EndFacts, end_attributes, params_attributes, routed_attributes
 from serve_app.telemetry.tracing import backend_context
 from serve_app.usage import Usage
 
@@ -32,7 +32,6 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 OUTCOMES = ("ok", "error", "cancelled")
-_LF = "langfuse.observation."
 
 
 def error_type(error: BaseException | None) -> str:
@@ -99,17 +98,7 @@ class Observation:
             first = self._routed_at is None
             self._backend, self._model, self._reason = backend, model, reason
             self._routed_at = now
-            self._span.set_attributes(
-                {
-                    "llm.backend": backend,
-                    "llm.route.reason": reason,
-                    "llm.fallback": fallback,
-                    "gen_ai.provider.name": provider,
-                    _LF + "model.name": model,
-                    _LF + "metadata.backend": json.dumps(backend),
-                    _LF + "metadata.route_reason": json.dumps(reason),
-                }
-            )
+            self._update(routed_attributes, backend, provider, model, reason, fallback)
         except Exception:
             self._tel.metrics.dropped_items("span")
             return
@@ -121,17 +110,10 @@ class Observation:
     def request_params(self, *, dropped: tuple[str, ...], translated: tuple[str, ...]) -> None:
         """Records the request fields the chosen backend will not get, and those it gets translated (names only).
         An empty list is not recorded: absent means none (four attributes fewer to encode on most spans)."""
-        attrs: dict[str, Any] = {}
-        if dropped:
-            attrs["llm.request.dropped_params"] = list(dropped)
-            attrs[_LF + "metadata.dropped_params"] = json.dumps(list(dropped))
-        if translated:
-            attrs["llm.request.translated_params"] = list(translated)
-            attrs[_LF + "metadata.translated_params"] = json.dumps(list(translated))
-        if not attrs:
+        if not dropped and not translated:
             return
         try:
-            self._span.set_attributes(attrs)
+            self._update(params_attributes, tuple(dropped), tuple(translated))
         except Exception:
             self._tel.metrics.dropped_items("span")
 
@@ -222,49 +204,38 @@ class Observation:
             return
         log.write(record)
 
+    def _update(self, mapping: Callable[..., dict[str, Any]], *facts: Any) -> None:
+        """Sets the attributes `mapping(*facts)` gives: now on the SDK's span, in the export process on a LightSpan,
+        never on a span that records nothing (sampled out, or telemetry off)."""
+        if isinstance(self._span, LightSpan):
+            self._span.defer(mapping, facts)
+        elif self._span.is_recording():
+            self._span.set_attributes(mapping(*facts))
+
     def _end_span(self, result: ChatResult, *, latency: float, ttft: float | None) -> None:
         usage, cost = result.usage, result.cost
-        attrs: dict[str, Any] = {
-            "llm.outcome": result.outcome,
-            "llm.latency_ms": latency * 1000.0,
-            "gen_ai.usage.input_tokens": usage.prompt_tokens,
-            "gen_ai.usage.output_tokens": usage.output,
-            "gen_ai.usage.cache_read.input_tokens": usage.cache_read,
-            "gen_ai.usage.cache_creation.input_tokens": usage.cache_creation,
-            _LF + "usage_details": json.dumps(usage.to_buckets()),
-        }
-        if result.usage_estimated:
-            attrs["llm.usage.estimated"] = True
-        if result.response_model:
-            attrs["gen_ai.response.model"] = result.response_model
-        if result.finish_reasons:
-            attrs["gen_ai.response.finish_reasons"] = list(result.finish_reasons)
-        if ttft is not None:
-            attrs["llm.ttft_ms"] = ttft * 1000.0
-            if self._stream:
-                attrs["gen_ai.response.time_to_first_chunk"] = ttft
-            if result.first_token_ns is not None:
-                when = datetime.fromtimestamp(result.first_token_ns / 1e9, tz=UTC)
-                attrs[_LF + "completion_start_time"] = json.dumps(when.isoformat())
-        if cost is not None and cost.actual is not None:
-            attrs["llm.cost_usd"] = cost.actual.total
-            attrs[_LF + "cost_details"] = json.dumps(cost.actual.to_details())
-        if cost is not None and cost.counterfactual is not None:
-            attrs["llm.counterfactual_cost_usd"] = cost.counterfactual.total
-        if result.text is not None:
-            attrs[_LF + "output"] = json.dumps({"role": "assistant", "content": result.text})
-        match result.outcome:
-            case "ok":
-                pass
-            case "cancelled":
-                attrs[_LF + "level"] = "WARNING"
-                attrs[_LF + "status_message"] = "cancelled by the client"
-            case _:
-                kind = error_type(result.error)
-                attrs["error.type"] = kind
-                attrs[_LF + "status_message"] = kind
-                self._span.set_status(Status(StatusCode.ERROR, kind))
-        self._span.set_attributes(attrs)
+        actual = None if cost is None else cost.actual
+        counterfactual = None if cost is None else cost.counterfactual
+        kind = None
+        if result.outcome not in ("ok", "cancelled"):
+            kind = error_type(result.error)
+            self._span.set_status(Status(StatusCode.ERROR, kind))
+        facts = EndFacts(
+            outcome=result.outcome,
+            latency_ms=latency * 1000.0,
+            usage=(usage.input, usage.output, usage.cache_read, usage.cache_creation),
+            usage_estimated=result.usage_estimated,
+            response_model=result.response_model,
+            finish_reasons=result.finish_reasons,
+            ttft_s=ttft,
+            stream=self._stream,
+            first_token_ns=result.first_token_ns,
+            cost=None if actual is None else (actual.input, actual.output, actual.cache_read, actual.cache_creation),
+            counterfactual_usd=None if counterfactual is None else counterfactual.total,
+            text=result.text,
+            error_kind=kind,
+        )
+        self._update(end_attributes, facts)
         self._span.end()
 
     def _end_span_quietly(self) -> None:

@@ -81,6 +81,7 @@ class Telemetry:
         if light_processor is not None and langfuse is None and not isinstance(tracer, trace.NoOpTracer):
             tracer = LightTracer(provider, light_processor, name=TRACER_NAME, version=service_version())
         self._tracer: trace.Tracer | LightTracer = tracer
+        self._tracer_is_noop = isinstance(tracer, trace.NoOpTracer)  # no span: no attributes to build for one
         # For the backends' HTTP client instrumentation: with `http_client_spans` each upstream call is a span,
         # child of the router span, exported with it; without, the call carries the router span's `traceparent`
         # and records nothing. None when no span leaves the process (then there is nothing to be a child of).
@@ -201,26 +202,27 @@ class Telemetry:
         continuing the client's `traceparent` (or Ray Serve's trace context when Serve tracing is on). Never
         raises."""
         started = self.clock()
-        try:
-            span = self._tracer.start_span(
-                span_name("chat", requested_model, known_models=self._span_models),
-                context=self._parent_context(headers),
-                kind=SpanKind.CLIENT,
-                attributes=self._begin_attributes(
-                    request_id=request_id,
-                    requested_model=requested_model,
-                    stream=stream,
-                    max_tokens=max_tokens,
-                    prompt_tokens_estimated=prompt_tokens_estimated,
-                    user=user,
-                    session_id=session_id,
-                    messages=messages,
-                    tenant=tenant,
-                ),
-            )
-        except Exception:
-            self.metrics.dropped_items("span")
-            span = trace.INVALID_SPAN
+        span: trace.Span = trace.INVALID_SPAN  # as the no-op tracer's, without the context and attributes it ignores
+        if not self._tracer_is_noop:
+            try:
+                span = self._tracer.start_span(
+                    span_name("chat", requested_model, known_models=self._span_models),
+                    context=self._parent_context(headers),
+                    kind=SpanKind.CLIENT,
+                    attributes=self._begin_attributes(
+                        request_id=request_id,
+                        requested_model=requested_model,
+                        stream=stream,
+                        max_tokens=max_tokens,
+                        prompt_tokens_estimated=prompt_tokens_estimated,
+                        user=user,
+                        session_id=session_id,
+                        messages=messages,
+                        tenant=tenant,
+                    ),
+                )
+            except Exception:
+                self.metrics.dropped_items("span")
         return Observation(
             telemetry=self,
             span=span,
@@ -310,5 +312,8 @@ class Telemetry:
                 accounting.abandon()  # after a complete shutdown nothing is left, so this counts nothing
 
 
+_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode  # one encoder, not one per call
+
+
 def _json(value: Any) -> str:
-    return json.dumps(value, default=str, ensure_ascii=False)
+    return _ENCODE(value)
