@@ -137,50 +137,66 @@ def throughput(s: common.Session, *, quick: bool) -> dict[str, Any]:
 PAIRED = "otlp"  # the deployed variant, measured against `off` in adjacent pairs for the targets
 
 
-def paired(s: common.Session, *, quick: bool, variant: str = PAIRED) -> dict[str, Any]:
+AA = ("off2", "router-notel2", "/notel2")  # a second telemetry-off router: the pairs' A/A check
+
+
+def paired(s: common.Session, *, quick: bool, variant: str = PAIRED, check: bool = False) -> dict[str, Any]:
     """`variant` against `off` in adjacent wrk runs, ordered ABBA (off, on, on, off, ...): each pair's ratio is
     measured minutes apart at most, so the VM's drift (up to 30% within a run) cancels instead of deciding the
-    figure. The target figures are the medians of the pairs' ratios; the spread is reported beside them."""
+    figure. The target figures are the medians of the pairs' ratios; the spread is reported beside them.
+
+    With `check` (the cluster must run the `AA` router), each pair is followed by an A/A pair measured the same
+    way: a second telemetry-off router against off, the ratio the method reports when nothing differs."""
     if not common.wrk_available():
         return {"skipped": "wrk not installed (apt-get install wrk)"}
     count, seconds = (3, 4) if quick else (8, 10)
     urls = _urls(s)
+    apps = {name: app for name, (app, _) in VARIANTS.items()}
+    name2, app2, prefix2 = AA
+    if check:
+        urls[name2], apps[name2] = s.router_url + prefix2 + "/v1/chat/completions", app2
     meter = common.CpuMeter(s.platform)
-    pairs: list[dict[str, Any]] = []
+    runs: dict[str, list[dict[str, Any]]] = {variant: [], **({name2: []} if check else {})}
     for i in range(count):
-        pair: dict[str, Any] = {}
-        for name in ("off", variant) if i % 2 == 0 else (variant, "off"):
-            before = meter.snapshot()
-            result = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
-            per_request = meter.per_request_ms(before, meter.snapshot(), result["requests"])
-            cpu, export = common.app_cpu(per_request, VARIANTS[name][0])
-            pair[name] = {
-                "req_per_s": result["req_per_s"],
-                "p99_ms": result["latency_ms"]["p99"],
-                "requests": result["requests"],
-                "router_cpu_ms_per_request": round(cpu, 3),
-                "export_process_cpu_ms_per_request": round(export, 3),
-            }
-        pair["req_per_s_ratio"] = common.ratio(pair[variant]["req_per_s"], pair["off"]["req_per_s"])
-        pair["p99_ratio"] = common.ratio(pair[variant]["p99_ms"], pair["off"]["p99_ms"])
-        pairs.append(pair)
+        for other, pairs in runs.items():
+            pair: dict[str, Any] = {}
+            for name in ("off", other) if i % 2 == 0 else (other, "off"):
+                before = meter.snapshot()
+                result = common.wrk(urls[name], router_body(False), ROUTER_HEADERS, connections=16, seconds=seconds)
+                per_request = meter.per_request_ms(before, meter.snapshot(), result["requests"])
+                cpu, export = common.app_cpu(per_request, apps[name])
+                pair[name] = {
+                    "req_per_s": result["req_per_s"],
+                    "p99_ms": result["latency_ms"]["p99"],
+                    "requests": result["requests"],
+                    "router_cpu_ms_per_request": round(cpu, 3),
+                    "export_process_cpu_ms_per_request": round(export, 3),
+                }
+            pair["req_per_s_ratio"] = common.ratio(pair[other]["req_per_s"], pair["off"]["req_per_s"])
+            pair["p99_ratio"] = common.ratio(pair[other]["p99_ms"], pair["off"]["p99_ms"])
+            pairs.append(pair)
+    result = _pairs_summary(runs[variant], variant) | {"variant": variant, "seconds": seconds}
+    if check:
+        result["aa"] = _pairs_summary(runs[name2], name2) | {"variant": name2}
+    return result
+
+
+def _pairs_summary(pairs: list[dict[str, Any]], other: str) -> dict[str, Any]:
     rps = [p["req_per_s_ratio"] for p in pairs]
     p99 = [p["p99_ratio"] for p in pairs]
     return {
-        "variant": variant,
         "pairs": pairs,
-        "seconds": seconds,
         "req_per_s_ratio_median": round(statistics.median(rps), 3),
         "req_per_s_ratio_range": [min(rps), max(rps)],
         "p99_ratio_median": round(statistics.median(p99), 3),
         "p99_ratio_range": [min(p99), max(p99)],
-        "requests": {name: sum(p[name]["requests"] for p in pairs) for name in ("off", variant)},
+        "requests": {name: sum(p[name]["requests"] for p in pairs) for name in ("off", other)},
         "router_cpu_ms_per_request_median": {
             name: round(statistics.median(p[name]["router_cpu_ms_per_request"] for p in pairs), 3)
-            for name in ("off", variant)
+            for name in ("off", other)
         },
         "export_process_cpu_ms_per_request_median": round(
-            statistics.median(p[variant]["export_process_cpu_ms_per_request"] for p in pairs), 3
+            statistics.median(p[other]["export_process_cpu_ms_per_request"] for p in pairs), 3
         ),
     }
 
@@ -282,13 +298,16 @@ def run(s: common.Session, *, quick: bool) -> dict[str, Any]:
 
 
 def run_pairs(proxy: str, *, quick: bool) -> dict[str, Any]:
-    """`paired` in a cluster of its own with only the two routers it compares: the other variants' replicas,
-    idle, still cost CPU in the background (about 0.09 ms per request of another application each), which is
-    noise in a ratio the target is judged on. Also counts the router spans the deployed variant exported."""
-    with common.session(proxy, with_model=False) as s:
-        common.banner(f"telemetry {PAIRED} against off in adjacent pairs, {proxy} proxy, nothing else deployed")
+    """`paired` in a cluster of its own with only the two routers it compares and the A/A check's second off
+    router: the other variants' replicas, idle, still cost CPU in the background (about 0.09 ms per request of
+    another application each), which is noise in a ratio the target is judged on. Also counts the router spans the
+    deployed variant exported."""
+    name2, app2, prefix2 = AA
+    aa_router = {app2: (prefix2, common.TELEMETRY_OFF)}
+    with common.session(proxy, with_model=False, routers=aa_router, baselines=False) as s:
+        common.banner(f"telemetry {PAIRED} against off in adjacent pairs, and {name2} against off, {proxy} proxy")
         before = settle(s)
-        pairs = paired(s, quick=quick)
+        pairs = paired(s, quick=quick, check=True)
         after = settle(s)
     if "skipped" not in pairs:
         pairs["router_spans_per_request"] = common.ratio(after[1] - before[1], pairs["requests"][PAIRED])
@@ -301,6 +320,11 @@ def run_pairs(proxy: str, *, quick: bool) -> dict[str, Any]:
         for key in ("req_per_s_ratio_median", "p99_ratio_median", "router_cpu_ms_per_request_median",
                     "export_process_cpu_ms_per_request_median", "router_spans_per_request"):  # fmt: skip
             print(f"  {key:<42} {pairs[key]}")
+        aa = pairs["aa"]
+        print(
+            f"  A/A check, {name2} ÷ off: req/s {aa['req_per_s_ratio_median']} ({aa['req_per_s_ratio_range'][0]}-"
+            f"{aa['req_per_s_ratio_range'][1]}), p99 {aa['p99_ratio_median']}"
+        )
     return pairs
 
 

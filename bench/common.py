@@ -295,6 +295,10 @@ TELEMETRY_OFF = {"telemetry": {"tracing": False, "langfuse": False}}
 AS_DEPLOYED = {"telemetry": {"langfuse": False}}  # the router's spans reach Langfuse through the Collector
 LANGFUSE_DIRECT = {"telemetry": {"langfuse": True}}
 HTTPX_TRANSPORT = {"cloud": {"http_client": "httpx"}}
+BASELINE_ROUTERS = {
+    "router-direct": (LANGFUSE_DIRECT_PREFIX, LANGFUSE_DIRECT),
+    "router-httpx": (HTTPX_PREFIX, HTTPX_TRANSPORT),
+}
 
 
 @dataclass
@@ -345,11 +349,13 @@ def session(
     model: str = "smoke",
     litellm: bool = False,
     routers: dict[str, tuple[str, dict[str, Any]]] | None = None,
+    baselines: bool = True,
 ) -> Iterator[Session]:
     """Starts the stand-ins and one Ray cluster with both Serve applications (+ the telemetry-off router).
 
     `with_model=False` deploys the routers only (no model load): enough for the cloud-path benchmarks. `routers`
-    adds router applications ({name: (route prefix, args overrides)}), e.g. telemetry variants."""
+    adds router applications ({name: (route prefix, args overrides)}), e.g. telemetry variants. `baselines=False`
+    leaves out the bare forwarder and the direct-Langfuse and httpx routers (idle replicas still cost CPU)."""
     started = time.monotonic()
     session: Session | None = None
     standin, standin_url = start_anthropic_standin()
@@ -376,13 +382,10 @@ def session(
         workdir=workdir,
         env=env,
         overrides={"cloud": {"max_retries": 0, "timeout_s": 30}} | AS_DEPLOYED,
-        extra_routers={
-            "router-notel": (NOTEL_PREFIX, TELEMETRY_OFF),
-            "router-direct": (LANGFUSE_DIRECT_PREFIX, LANGFUSE_DIRECT),
-            "router-httpx": (HTTPX_PREFIX, HTTPX_TRANSPORT),
-        }
+        extra_routers={"router-notel": (NOTEL_PREFIX, TELEMETRY_OFF)}
+        | (BASELINE_ROUTERS if baselines else {})
         | (routers or {}),
-        extra_apps=[FORWARDER_APP, RAY_INGRESS_APP] if with_model else [FORWARDER_APP],
+        extra_apps=([FORWARDER_APP] if baselines else []) + ([RAY_INGRESS_APP] if with_model else []),
         apps=("llm", "router") if with_model else ("router",),
         model=model,
     )

@@ -169,9 +169,16 @@ def targets_table(tel: dict[str, Any]) -> str:
             )
         if pairs.get("router_spans_per_request") is not None:
             spent += f"; {pairs['router_spans_per_request']:.3f} router spans exported per request"
+        aa = pairs.get("aa") or {}
+        if aa.get("pairs"):  # what the method reports when nothing differs: its resolution
+            a_lo, a_hi = aa["req_per_s_ratio_range"]
+            spent += (
+                f"; A/A check, a second telemetry-off router ÷ off in pairs alternating with these: req/s "
+                f"{aa['req_per_s_ratio_median']:.2f}x ({a_lo:.2f}-{a_hi:.2f}x), p99 {aa['p99_ratio_median']:.2f}x"
+            )
         lines.append(
             f"| (req/s and p99 of {labels.get(pairs['variant'], pairs['variant'])}: medians of {n} adjacent "
-            f"ABBA pairs of {pairs['seconds']} s runs in a cluster with only it and off deployed; req/s ratios "
+            f"ABBA pairs of {pairs['seconds']} s runs in a cluster with no other variant deployed; req/s ratios "
             f"{lo:.2f}-{hi:.2f}x, p99 {p_lo:.2f}-{p_hi:.2f}x{spent}) | | |"
         )
     if exported:

@@ -78,6 +78,15 @@ def test_the_deployed_variant_is_judged_by_the_median_of_its_adjacent_pairs_when
     assert any("medians of 5 adjacent ABBA pairs" in line[1] and "0.91-0.99x" in line[1] for line in rows.values())
     assert any("1.90 ms off, 2.15 ms on, of which the export process 0.10 ms" in line[1] for line in rows.values())
     assert any("1.004 router spans exported per request" in line[1] for line in rows.values())
+    assert not any("A/A check" in line[1] for line in rows.values())  # not measured in this run
+    tel["paired_c16"]["aa"] = {
+        "pairs": [pair] * 5,
+        "req_per_s_ratio_median": 1.03,
+        "req_per_s_ratio_range": [0.89, 1.22],
+        "p99_ratio_median": 0.97,
+    }
+    lines = report.targets_table(tel).splitlines()
+    assert any("A/A check" in line and "req/s 1.03x (0.89-1.22x), p99 0.97x" in line for line in lines)
 
 
 def test_the_telemetry_table_shows_the_export_process_part_of_the_router_cpu() -> None:
