@@ -113,7 +113,8 @@ def readable_span(record: Record, resource: Resource, limits: tuple[int, int | N
      events, dropped_events, links, dropped_links, scope, updates) = record  # fmt: skip
     if updates:  # a LightSpan's attributes set after its start: built here, off the replica's loop
         limits = limits or attribute_limits()  # the replica's: the export process has its environment
-        attributes, dropped_attributes = fold(attributes, dropped_attributes, updates, limits)
+        # a copy: in process (no pickle in between) the record's dict is still the span's own
+        attributes, dropped_attributes = fold(dict(attributes), dropped_attributes, updates, limits)
     context = None
     if ctx is not None:
         trace_id, span_id, flags, state = ctx

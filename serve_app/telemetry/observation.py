@@ -213,6 +213,8 @@ class Observation:
             self._span.set_attributes(mapping(*facts))
 
     def _end_span(self, result: ChatResult, *, latency: float, ttft: float | None) -> None:
+        if not self._span.is_recording():  # telemetry off, or sampled out: nothing to fill or end
+            return
         usage, cost = result.usage, result.cost
         actual = None if cost is None else cost.actual
         counterfactual = None if cost is None else cost.counterfactual

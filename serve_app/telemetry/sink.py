@@ -8,7 +8,6 @@ request path, and `shutdown()` gives up after a short, fixed wait.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import os
 import time
@@ -24,10 +23,11 @@ from serve_app.config import RouterArgs
 from serve_app.routing import ALIASES
 from serve_app.telemetry.export_process import ChildProcessExporter
 from serve_app.telemetry.langfuse import build_langfuse, langfuse_configured
-from serve_app.telemetry.light_span import LightTracer
+from serve_app.telemetry.light_span import LightSpan, LightTracer
 from serve_app.telemetry.metrics import MetricsSink, RayMetricsSink, RouterMetrics
 from serve_app.telemetry.observation import Observation
 from serve_app.telemetry.request_log import RequestLog
+from serve_app.telemetry.span_attributes import span_json, start_attributes
 from serve_app.telemetry.tracing import (
     TRACER_NAME,
     AccountedBatchProcessor,
@@ -82,6 +82,9 @@ class Telemetry:
             tracer = LightTracer(provider, light_processor, name=TRACER_NAME, version=service_version())
         self._tracer: trace.Tracer | LightTracer = tracer
         self._tracer_is_noop = isinstance(tracer, trace.NoOpTracer)  # no span: no attributes to build for one
+        # The start's attributes too are built in the export process when the sampler cannot read them: the
+        # provider this class built has the router's sampler (`build_sampler`), which reads none.
+        self._defer_start = isinstance(tracer, LightTracer) and owns_provider
         # For the backends' HTTP client instrumentation: with `http_client_spans` each upstream call is a span,
         # child of the router span, exported with it; without, the call carries the router span's `traceparent`
         # and records nothing. None when no span leaves the process (then there is nothing to be a child of).
@@ -205,22 +208,27 @@ class Telemetry:
         span: trace.Span = trace.INVALID_SPAN  # as the no-op tracer's, without the context and attributes it ignores
         if not self._tracer_is_noop:
             try:
-                span = self._tracer.start_span(
-                    span_name("chat", requested_model, known_models=self._span_models),
-                    context=self._parent_context(headers),
-                    kind=SpanKind.CLIENT,
-                    attributes=self._begin_attributes(
-                        request_id=request_id,
-                        requested_model=requested_model,
-                        stream=stream,
-                        max_tokens=max_tokens,
-                        prompt_tokens_estimated=prompt_tokens_estimated,
-                        user=user,
-                        session_id=session_id,
-                        messages=messages,
-                        tenant=tenant,
-                    ),
+                facts = (  # `start_attributes`' arguments
+                    request_id,
+                    requested_model,
+                    stream,
+                    max_tokens,
+                    prompt_tokens_estimated,
+                    user,
+                    session_id,
+                    tenant,
+                    self._input_json(messages),
                 )
+                name = span_name("chat", requested_model, known_models=self._span_models)
+                context = self._parent_context(headers)
+                if self._defer_start:
+                    span = self._tracer.start_span(name, context=context, kind=SpanKind.CLIENT)
+                    if isinstance(span, LightSpan):
+                        span.defer(start_attributes, facts)
+                else:
+                    span = self._tracer.start_span(
+                        name, context=context, kind=SpanKind.CLIENT, attributes=start_attributes(*facts)
+                    )
             except Exception:
                 self.metrics.dropped_items("span")
         return Observation(
@@ -242,46 +250,15 @@ class Telemetry:
             return trace.set_span_in_context(remote)
         return None  # start_span then uses the current context: Ray Serve's span when its tracing is on
 
-    def _begin_attributes(
-        self,
-        *,
-        request_id: str,
-        requested_model: str,
-        stream: bool,
-        max_tokens: int | None,
-        prompt_tokens_estimated: int,
-        user: str | None,
-        session_id: str | None,
-        messages: list[dict] | None,
-        tenant: str | None = None,
-    ) -> dict[str, Any]:
-        attrs: dict[str, Any] = {
-            "gen_ai.operation.name": "chat",
-            "gen_ai.request.model": requested_model,
-            "gen_ai.request.stream": stream,
-            "llm.model.requested": requested_model,
-            "llm.prompt_tokens_estimated": prompt_tokens_estimated,
-            "llm.request_id": request_id,
-            "langfuse.observation.type": "generation",
-            "langfuse.observation.metadata.request_id": _json(request_id),
-        }
-        if max_tokens is not None:
-            attrs["gen_ai.request.max_tokens"] = max_tokens
-            attrs["llm.max_tokens"] = max_tokens
-        if user:
-            attrs["user.id"] = user
-        if session_id:
-            attrs["session.id"] = session_id
-        if tenant:  # who owns the key (never the key); the client's own `user` stays the Langfuse user
-            attrs["llm.tenant"] = tenant
-            attrs["langfuse.trace.tags"] = [f"tenant:{tenant}"]
-            attrs["langfuse.observation.metadata.tenant"] = _json(tenant)
-        if self.capture_content and messages is not None:
-            try:
-                attrs["langfuse.observation.input"] = _json(messages)
-            except Exception:
-                self.metrics.dropped_items("span")
-        return attrs
+    def _input_json(self, messages: list[dict] | None) -> str | None:
+        """The prompt as Langfuse's input, only with content capture."""
+        if not self.capture_content or messages is None:
+            return None
+        try:
+            return span_json(messages)
+        except Exception:
+            self.metrics.dropped_items("span")
+            return None
 
     # ---- state and lifecycle --------------------------------------------------------------------------------
 
@@ -310,10 +287,3 @@ class Telemetry:
         for accounting in (self.otlp_accounting, self.langfuse_accounting):
             if accounting is not None:
                 accounting.abandon()  # after a complete shutdown nothing is left, so this counts nothing
-
-
-_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode  # one encoder, not one per call
-
-
-def _json(value: Any) -> str:
-    return _ENCODE(value)

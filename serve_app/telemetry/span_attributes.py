@@ -21,6 +21,52 @@ from serve_app.usage import Usage
 LF = "langfuse.observation."
 
 
+def start_attributes(
+    request_id: str,
+    requested_model: str,
+    stream: bool,
+    max_tokens: int | None,
+    prompt_tokens_estimated: int,
+    user: str | None,
+    session_id: str | None,
+    tenant: str | None,
+    input_json: str | None,
+) -> dict[str, Any]:
+    """What the request asked for; `input_json`, the prompt as Langfuse's input (only with content capture)."""
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.request.model": requested_model,
+        "gen_ai.request.stream": stream,
+        "llm.model.requested": requested_model,
+        "llm.prompt_tokens_estimated": prompt_tokens_estimated,
+        "llm.request_id": request_id,
+        LF + "type": "generation",
+        LF + "metadata.request_id": span_json(request_id),
+    }
+    if max_tokens is not None:
+        attrs["gen_ai.request.max_tokens"] = max_tokens
+        attrs["llm.max_tokens"] = max_tokens
+    if user:
+        attrs["user.id"] = user
+    if session_id:
+        attrs["session.id"] = session_id
+    if tenant:  # who owns the key (never the key); the client's own `user` stays the Langfuse user
+        attrs["llm.tenant"] = tenant
+        attrs["langfuse.trace.tags"] = [f"tenant:{tenant}"]
+        attrs[LF + "metadata.tenant"] = span_json(tenant)
+    if input_json is not None:
+        attrs[LF + "input"] = input_json
+    return attrs
+
+
+_ENCODE = json.JSONEncoder(default=str, ensure_ascii=False).encode  # one encoder, not one per call
+
+
+def span_json(value: Any) -> str:
+    """JSON as Langfuse's metadata and input fields take it: non-ASCII kept, anything else as its str()."""
+    return _ENCODE(value)
+
+
 def routed_attributes(backend: str, provider: str, model: str, reason: str, fallback: bool) -> dict[str, Any]:
     """The backend chosen (a fallback's second call replaces the first's values)."""
     return {

@@ -56,12 +56,14 @@ def _sdk(args: RouterArgs) -> tuple[Telemetry, InMemorySpanExporter]:
     return telemetry, memory
 
 
-def _light(args: RouterArgs) -> tuple[Telemetry, Collect]:
+def _light(args: RouterArgs, *, own: bool = True) -> tuple[Telemetry, Collect]:
+    """`own`: Telemetry built the provider (the router's sampler reads no attributes), so the start's attributes
+    are deferred too; otherwise they are set at once, where a caller's sampler can see them."""
     collect = Collect()
     telemetry = Telemetry(
         args=args,
         provider=TracerProvider(resource=RESOURCE),
-        owns_provider=False,
+        owns_provider=own,
         tracing_active=True,
         metrics=RouterMetrics(InMemoryMetricsSink(), models={"auto", "local", "cloud"}),
         langfuse=None,
@@ -137,11 +139,11 @@ def _run(telemetry: Telemetry, scenario: dict[str, Any]) -> None:
     obs.record(scenario["result"])
 
 
-def _both(scenario: dict[str, Any]) -> tuple[ReadableSpan, ReadableSpan]:
+def _both(scenario: dict[str, Any], *, own: bool = True) -> tuple[ReadableSpan, ReadableSpan]:
     args = _args(scenario.get("capture", False))
     sdk, memory = _sdk(args)
     _run(sdk, scenario)
-    light, collect = _light(args)
+    light, collect = _light(args, own=own)
     _run(light, scenario)
     (sdk_span,) = memory.get_finished_spans()
     (ended,) = collect.ended
@@ -149,28 +151,41 @@ def _both(scenario: dict[str, Any]) -> tuple[ReadableSpan, ReadableSpan]:
     return sdk_span, readable_span(record, RESOURCE, attribute_limits())
 
 
+@pytest.mark.parametrize("own", [True, False], ids=["start deferred", "start set at once"])
 @pytest.mark.parametrize("scenario", SCENARIOS.values(), ids=SCENARIOS.keys())
-def test_deferred_attributes_are_the_ones_the_sdk_span_gets(scenario: dict[str, Any]) -> None:
-    sdk, light = _both(scenario)
+def test_deferred_attributes_are_the_ones_the_sdk_span_gets(scenario: dict[str, Any], own: bool) -> None:
+    sdk, light = _both(scenario, own=own)
     assert list(light.attributes.items()) == list(sdk.attributes.items())  # same order, too
     assert light.dropped_attributes == sdk.dropped_attributes
     assert (light.status.status_code, light.status.description) == (sdk.status.status_code, sdk.status.description)
     assert len(sdk.attributes) > 15
 
 
-def test_the_end_attributes_are_deferred_in_the_replica() -> None:
-    """The replica's LightSpan holds facts, not attributes, for everything after the span's start."""
+def test_the_replica_holds_facts_not_attributes() -> None:
+    """With the router's own provider the LightSpan holds no attribute at all, only facts and their mappings."""
     light, collect = _light(_args(False))
     _run(light, SCENARIOS["ok stream, cached tokens, cost and counterfactual, params"])
     (ended,) = collect.ended
     record = ended.record()
-    assert "llm.outcome" not in record[8] and "langfuse.observation.cost_details" not in record[8]
-    assert "llm.request_id" in record[8]  # the start's attributes are set at once (the sampler sees them)
+    assert record[8] == {}
     assert [mapping.__name__ for mapping, _ in record[15]] == [
+        "start_attributes",
         "routed_attributes",
         "params_attributes",
         "end_attributes",
     ]
+
+
+def test_a_callers_provider_sees_the_start_attributes_at_once() -> None:
+    """A provider Telemetry did not build may have a sampler that reads the start's attributes: they are set when
+    the span starts, and only what follows is deferred."""
+    light, collect = _light(_args(False), own=False)
+    _run(light, SCENARIOS["ok stream, cached tokens, cost and counterfactual, params"])
+    (ended,) = collect.ended
+    record = ended.record()
+    assert record[8]["llm.request_id"] == "0123456789abcdef0123456789abcdef"
+    assert "llm.outcome" not in record[8]
+    assert record[15][0][0].__name__ == "routed_attributes"
 
 
 def test_limits_apply_to_deferred_attributes_as_the_sdk_applies_them(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -194,3 +209,17 @@ def test_a_failing_deferred_mapping_costs_its_attributes_only() -> None:
 
 def _broken() -> dict[str, Any]:
     raise RuntimeError("a mapping that fails")
+
+
+def test_rebuilding_a_record_in_process_leaves_the_span_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without a pickle in between, the record's attribute dict is the span's own: rebuilding twice gives the
+    same span, and the LightSpan still holds only its start's attributes."""
+    monkeypatch.setenv("OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT", "12")
+    light, collect = _light(_args(True))
+    _run(light, SCENARIOS["ok with content captured"])
+    (ended,) = collect.ended
+    before = dict(ended.record()[8])
+    first, second = (readable_span(ended.record(), RESOURCE) for _ in range(2))
+    assert ended.record()[8] == before
+    assert list(first.attributes.items()) == list(second.attributes.items())
+    assert first.dropped_attributes == second.dropped_attributes > 0
