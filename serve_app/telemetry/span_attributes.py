@@ -112,7 +112,8 @@ class EndFacts(NamedTuple):
 
 def end_attributes(facts: EndFacts) -> dict[str, Any]:
     """Outcome, usage, cost and timing of the finished request, GenAI and Langfuse names."""
-    usage = Usage(*facts.usage)
+    fresh, output, cache_read, cache_creation = facts.usage
+    usage = Usage(input=fresh, output=output, cache_read=cache_read, cache_creation=cache_creation)
     attrs: dict[str, Any] = {
         "llm.outcome": facts.outcome,
         "llm.latency_ms": facts.latency_ms,
@@ -136,7 +137,8 @@ def end_attributes(facts: EndFacts) -> dict[str, Any]:
             when = datetime.fromtimestamp(facts.first_token_ns / 1e9, tz=UTC)
             attrs[LF + "completion_start_time"] = json.dumps(when.isoformat())
     if facts.cost is not None:
-        cost = CostBreakdown(*facts.cost)
+        c_input, c_output, c_read, c_creation = facts.cost
+        cost = CostBreakdown(input=c_input, output=c_output, cache_read=c_read, cache_creation=c_creation)
         attrs["llm.cost_usd"] = cost.total
         attrs[LF + "cost_details"] = json.dumps(cost.to_details())
     if facts.counterfactual_usd is not None:
